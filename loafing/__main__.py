@@ -1,0 +1,3 @@
+from loafing.cli import main
+
+main()

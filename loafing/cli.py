@@ -1,0 +1,134 @@
+"""The `loafing` command line: thin wrappers over the library; errors are one line and exit code 2."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from loafing.errors import LoafingError
+
+SPACE_NAMES = ("ordered", "uniform")
+
+
+def data_options(f):
+    """--dataset / --data-dir / --download, shared by the commands that read data."""
+    f = click.option("--download", is_flag=True, help="Download the data set if missing (needs network).")(f)
+    f = click.option("--data-dir", type=str, default=None, help="Folder holding the data set.")(f)
+    f = click.option("--dataset", type=str, default=None,
+                     help="digits | cifar10 | cifar100 | imagefolder (default: the checkpoint's, else digits).")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def cli() -> None:
+    """Measure and fix loafing of residual networks (stimulative training, NeurIPS'22)."""
+
+
+@cli.command()
+@click.option("--model", default="mobilenet_v3_large", help="Registered model name (see `loafing models`).")
+@click.option("--width-mult", type=float, default=1.0, help="Width multiplier (mobilenet_v3_large).")
+@click.option("--dataset", default="digits", help="digits | cifar10 | cifar100 | imagefolder.")
+@click.option("--data-dir", default=None, help="Folder holding the data set.")
+@click.option("--download", is_flag=True, help="Download the data set if missing (needs network).")
+@click.option("--method", default="ct", help="ct (common training) | st (stimulative training).")
+@click.option("--lam", type=float, default=1.0, help="ST: weight of the KL loss (paper Eq. 1).")
+@click.option("--epochs", type=int, default=30)
+@click.option("--batch-size", type=int, default=64)
+@click.option("--lr", type=float, default=0.05, help="Initial learning rate (cosine decay to 0).")
+@click.option("--weight-decay", type=float, default=3e-5)
+@click.option("--momentum", type=float, default=0.9)
+@click.option("--seed", type=int, default=0)
+@click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N.")
+@click.option("--workers", type=int, default=0, help="DataLoader worker processes.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(overwrite: bool, quiet: bool, **options) -> None:
+    """Train a network with CT or ST; writes checkpoint.pt, train_log.csv and config.json to --out."""
+    from loafing.train import TrainConfig, train as run_training
+
+    log = run_training(TrainConfig(**options), progress=not quiet, overwrite=overwrite)
+    last = log.iloc[-1]
+    click.echo(f"{options['method']} {options['model']}: epoch {int(last['epoch'])}, test top-1 "
+               f"{last['test_top1']:.2f}%, {log['seconds'].sum():.0f} s training -> {options['out']}")
+
+
+@cli.command()
+@click.option("--ckpt", required=True, help="Checkpoint: loafing's own, akamaster CIFAR ResNet, or torchvision.")
+@click.option("--model", default=None, help="Model name; required for foreign checkpoints.")
+@click.option("--width-mult", type=float, default=1.0, help="Width multiplier of a foreign checkpoint.")
+@data_options
+@click.option("--space", default="ordered", help="Plans to evaluate: ordered | uniform.")
+@click.option("--plan", "plan_texts", multiple=True, help="Evaluate this plan (repeatable) instead of --space.")
+@click.option("--calib-size", type=int, default=2000, help="Training images used for BN recalibration.")
+@click.option("--no-recalibrate", is_flag=True, help="Evaluate with the stored BN statistics.")
+@click.option("--seed", type=int, default=0, help="Seed choosing the calibration subset.")
+@click.option("--batch-size", type=int, default=256)
+@click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N.")
+@click.option("--out", required=True, help="CSV file to write.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None, data_dir: str | None,
+            download: bool, space: str, plan_texts: tuple[str, ...], calib_size: int, no_recalibrate: bool,
+            seed: int, batch_size: int, device: str, out: str, quiet: bool) -> None:
+    """Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV."""
+    from loafing.checkpoint import load_model
+    from loafing.data import load_dataset
+    from loafing.evaluate import resolve_device
+    from loafing.io import write_csv
+    from loafing.measure import measure_plans, summarize_measure
+    from loafing.plans import get_space, parse_plan
+
+    if space not in SPACE_NAMES:
+        raise LoafingError(f"unknown space {space!r}; valid choices: {', '.join(SPACE_NAMES)}")
+    if calib_size < 1:
+        raise LoafingError("--calib-size must be at least 1")
+    plans = [parse_plan(text) for text in plan_texts]
+    torch_device = resolve_device(device)
+    loaded = load_model(ckpt, model, width_mult)
+    dataset = dataset or loaded.config.get("dataset") or "digits"
+    data = load_dataset(dataset, data_dir or loaded.config.get("data_dir"), download)
+    if data.num_classes != loaded.config["num_classes"]:
+        raise LoafingError(f"checkpoint has {loaded.config['num_classes']} classes but {dataset} has "
+                           f"{data.num_classes}")
+    plans = plans or get_space(space, loaded.model.layout)
+    df = measure_plans(loaded, plans, data, calib_size=calib_size, recalibrate=not no_recalibrate, seed=seed,
+                       batch_size=batch_size, device=torch_device, progress=not quiet)
+    df.insert(len(df.columns), "space", "plans" if plan_texts else space)
+    write_csv(df, out)
+    s = summarize_measure(df)
+    click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {len(df)} plans on {dataset} -> {out}")
+    click.echo(f"main top-1 {s['main_top1']:.2f}% | {s['n_subnetworks']} sub-networks: max {s['sub_max']:.2f} "
+               f"mean {s['sub_mean']:.2f} std {s['sub_std']:.2f} min {s['sub_min']:.2f}")
+
+
+@cli.command()
+def models() -> None:
+    """List the registered models with their stage sizes and skippable blocks."""
+    from loafing.models import create_model
+
+    from loafing.models import MODELS
+    for name in MODELS:
+        layout = create_model(name, 10).layout
+        click.echo(f"{name:22s} stages {'-'.join(map(str, layout.stage_sizes)):10s} "
+                   f"main plan {layout.main_plan} | skippable {sorted(layout.skippable)}")
+
+
+def main() -> None:
+    """Console entry point: run the CLI, turning bad input into one line on stderr and exit code 2."""
+    try:
+        rc = cli.main(standalone_mode=False)
+    except LoafingError as err:
+        click.echo(f"loafing: error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("loafing: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        click.echo(f"loafing: error: {err.format_message()}", err=True)
+        sys.exit(2)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

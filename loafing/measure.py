@@ -1,0 +1,56 @@
+"""`measure`: every plan of a space, BN-recalibrated, as a tidy table carrying the run's identifiers."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from loafing.checkpoint import LoadedModel
+from loafing.data import DataSplits, make_loader, seeded_subset
+from loafing.evaluate import check_plans
+from loafing.plan_tree import evaluate_plans
+from loafing.plans import Plan
+
+RUN_COLUMNS = ("run", "model", "width_mult", "method", "lam", "seed", "dataset")
+
+
+def run_identifiers(config: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The columns that identify a run in every tidy table."""
+    ids = {k: config.get(k) for k in RUN_COLUMNS}
+    ids["dataset"] = dataset
+    return ids
+
+
+def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, *, calib_size: int,
+                  recalibrate: bool, seed: int, batch_size: int, device: torch.device,
+                  progress: bool = True) -> pd.DataFrame:
+    """Evaluate `plans` on the test split, each BN-recalibrated on a seeded subset of the train split."""
+    plans = check_plans(loaded.model, plans)
+    model = loaded.model.to(device)
+    test_loader = make_loader(data.test, batch_size)
+    calib_loader = None
+    if recalibrate:
+        calib_loader = make_loader(seeded_subset(data.train_plain, calib_size, seed), batch_size)
+    df, _ = evaluate_plans(model, plans, test_loader, calib_loader, device, progress)
+    ids = run_identifiers(loaded.config, data.name)
+    for i, (key, value) in enumerate(ids.items()):
+        df.insert(i, key, value)
+    df["recalibrated"] = recalibrate
+    df["calib_size"] = min(calib_size, len(data.train_plain)) if recalibrate else 0
+    df["calib_seed"] = seed
+    return df
+
+
+def summarize_measure(df: pd.DataFrame) -> dict[str, float]:
+    """Main network top-1 and max / mean / std / min top-1 over the other plans."""
+    subs = df.loc[~df["is_main"], "top1"]
+    main = df.loc[df["is_main"], "top1"]
+    return {
+        "main_top1": float(main.iloc[0]) if len(main) else float("nan"),
+        "n_subnetworks": int(len(subs)),
+        "sub_max": float(subs.max()),
+        "sub_mean": float(subs.mean()),
+        "sub_std": float(subs.std(ddof=0)),
+        "sub_min": float(subs.min()),
+    }

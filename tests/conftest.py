@@ -1,0 +1,31 @@
+import random
+
+import pytest
+import torch
+
+from loafing.data import load_digits_splits
+from loafing.train import TrainConfig, train
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits_splits()
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory):
+    """A real (tiny) CT and ST run of resnet20-cifar on digits, shared by the tests that measure them."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for method in ("ct", "st"):
+        config = TrainConfig(model="resnet20-cifar", dataset="digits", method=method, epochs=2, lr=0.1,
+                             seed=0, device="cpu", out=str(root / method))
+        train(config, progress=False)
+        runs[method] = root / method
+    return runs

@@ -1,0 +1,111 @@
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from loafing.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["loafing", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_measure_end_to_end_on_a_trained_run(monkeypatch, capsys, trained_runs, tmp_path):
+    out = tmp_path / "measure.csv"
+    code, stdout, _ = run_cli(monkeypatch, capsys, "measure", "--ckpt", trained_runs["st"] / "checkpoint.pt",
+                              "--calib-size", 256, "--out", out, "--quiet", "--device", "cpu")
+    assert code == 0
+    df = pd.read_csv(out)
+    assert len(df) == 27 and df["plan"].is_unique
+    for column in ("model", "method", "plan", "depths", "n_blocks", "is_main", "top1", "recalibrated", "seed",
+                   "lam", "run", "dataset"):
+        assert column in df.columns
+    assert df["is_main"].sum() == 1
+    main_row = df[df["is_main"]].iloc[0]
+    assert main_row["depths"] == "3-3-3" and main_row["n_blocks"] == 9
+    assert (df["method"] == "st").all() and df["recalibrated"].all()
+    assert df["n_blocks"].tolist() == [sum(map(int, d.split("-"))) for d in df["depths"]]
+    subs = df[~df["is_main"]]["top1"]
+    assert f"main top-1 {main_row['top1']:.2f}%" in stdout
+    assert f"mean {subs.mean():.2f}" in stdout and f"min {subs.min():.2f}" in stdout
+
+
+def test_measure_without_recalibration_reproduces_the_training_log(monkeypatch, capsys, trained_runs, tmp_path):
+    out = tmp_path / "m.csv"
+    code, _, _ = run_cli(monkeypatch, capsys, "measure", "--ckpt", trained_runs["ct"] / "checkpoint.pt",
+                         "--no-recalibrate", "--plan", "[1,2,3] [4,5,6] [7,8,9]", "--plan", "[1] [4] [7]",
+                         "--out", out, "--quiet")
+    assert code == 0
+    df = pd.read_csv(out)
+    log = pd.read_csv(trained_runs["ct"] / "train_log.csv")
+    assert df["plan"].tolist() == ["[1,2,3] [4,5,6] [7,8,9]", "[1] [4] [7]"]
+    assert df.loc[0, "top1"] == pytest.approx(log["test_top1"].iloc[-1], abs=1e-9)
+    assert not df["recalibrated"].any()
+
+
+def test_train_writes_complete_checkpoint_and_log(trained_runs):
+    ckpt = torch.load(trained_runs["st"] / "checkpoint.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "epoch", "config", "normalization", "seed"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["method"] == "st"
+    log = pd.read_csv(trained_runs["st"] / "train_log.csv")
+    assert log["epoch"].tolist() == [1, 2]
+    assert (log["kl"] > 0).all()
+    assert (log["loss"] - log["ce"] - 1.0 * log["kl"]).abs().max() < 1e-4
+    ct_log = pd.read_csv(trained_runs["ct"] / "train_log.csv")
+    assert (ct_log["kl"] == 0).all()
+    assert (trained_runs["st"] / "config.json").exists()
+    assert not list(trained_runs["st"].glob("*.tmp"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["measure", "--ckpt", "{tmp}/nope.pt"], "does not exist"),
+    (["measure", "--ckpt", "{tmp}/garbage.pt"], "is unreadable"),
+    (["measure", "--ckpt", "{st}", "--space", "random"], "unknown space 'random'; valid choices: ordered, uniform"),
+    (["measure", "--ckpt", "{st}", "--plan", "[1,2] 3"], "invalid plan string"),
+    (["measure", "--ckpt", "{st}", "--plan", "[1,2] [3,4,5,6] [7,8,9]"], "block 3 is not in stage 2"),
+    (["measure", "--ckpt", "{st}", "--plan", "[1] [5] [7]"], "block 4 is not skippable"),
+    (["measure", "--ckpt", "{st}", "--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: digits"),
+    (["measure", "--ckpt", "{st}", "--dataset", "cifar10", "--data-dir", "{tmp}/none"], "does not exist"),
+    (["measure", "--ckpt", "{st}", "--dataset", "cifar10"], "--data-dir is required"),
+    (["measure", "--ckpt", "{tmp}/foreign.th"], "pass --model"),
+    (["measure", "--ckpt", "{tmp}/foreign.th", "--model", "resnet18"], "unknown model 'resnet18'; valid choices"),
+    (["measure", "--ckpt", "{tmp}/foreign.th", "--model", "resnet32-cifar"],
+     "does not fit the model: 72 missing keys, 0 unexpected keys, 0 keys of the wrong shape"),
+    (["measure", "--ckpt", "{tmp}/foreign100.th", "--model", "resnet20-cifar"], "has 100 classes but digits has 10"),
+    (["measure", "--ckpt", "{st}", "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", "--method", "dropout"], "unknown method 'dropout'; valid choices: ct, st"),
+    (["train", "--model", "vgg16"], "unknown model 'vgg16'; valid choices"),
+    (["train", "--epochs", "0"], "--epochs must be at least 1"),
+    (["measure", "--ckpt", "{st}", "--bogus"], "No such option '--bogus'"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, trained_runs, tmp_path, args, message):
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    sd = torch.load(trained_runs["st"] / "checkpoint.pt", weights_only=False)["model"]
+    net_sd = {f"module.{k[4:]}": v for k, v in sd.items()}
+    torch.save({"best_prec1": 90.0, "state_dict": net_sd}, tmp_path / "foreign.th")
+    wide = dict(net_sd, **{"module.linear.weight": torch.zeros(100, 64), "module.linear.bias": torch.zeros(100)})
+    torch.save({"best_prec1": 60.0, "state_dict": wide}, tmp_path / "foreign100.th")
+    out = tmp_path / "out" / "result.csv"
+    args = [a.format(tmp=tmp_path, st=trained_runs["st"] / "checkpoint.pt") for a in args]
+    if args[0] == "measure":
+        args += ["--out", str(out), "--quiet"]
+    else:
+        args += ["--out", str(tmp_path / "run"), "--quiet"]
+    code, stdout, stderr = run_cli(monkeypatch, capsys, *args)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("loafing: error:"), stderr
+    assert message in lines[0]
+    assert "Traceback" not in stderr
+    assert not out.exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_help_on_every_command(monkeypatch, capsys):
+    for command in ([], ["train"], ["measure"], ["models"]):
+        code, stdout, _ = run_cli(monkeypatch, capsys, *command, "--help")
+        assert code == 0 and "Usage:" in stdout
