@@ -87,7 +87,8 @@ def rss_mib() -> float:
 def phase2_peak(name: str, width_mult: float, n_plans: int, args, queue) -> None:
     """In a fresh process: peak memory added by phase 2 (evaluation) for the last n_plans ordered plans.
 
-    Phase 1 is skipped (the stored statistics serve): it would set the process's peak before phase 2 starts.
+    Phase 1 is skipped (the stored statistics serve): it would set the process's peak before phase 2
+    starts. A one-plan warm-up runs first so that one-time start-up memory is not counted.
     """
     device = torch.device(args.device)
     model = make_model(name, width_mult, device)
@@ -95,6 +96,7 @@ def phase2_peak(name: str, width_mult: float, n_plans: int, args, queue) -> None
     test_loader, _ = loaders(args.calib, args.eval, args.batch_size)
     evaluator = PlanTreeEvaluator(model, plans, device)
     with own_bn_tensors(model):
+        PlanTreeEvaluator(model, plans[:1], device).evaluate(test_loader)  # warm-up: allocator, thread pools
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
@@ -113,13 +115,15 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=64, help="evaluation images")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory-only", action="store_true", help="skip the timing comparison")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}, calib {args.calib}, eval {args.eval}, "
           f"batch {args.batch_size}")
-    print(f"{'model':20s} {'plans':>5s} {'blocks run (tree / bound / one-by-one)':>40s} {'one-by-one s':>12s} "
-          f"{'tree s':>8s} {'speed-up':>8s} {'max |dlogit|':>12s}")
-    for name, width in CASES:
+    for i, (name, width) in enumerate([] if args.memory_only else CASES):
+        if i == 0:
+            print(f"{'model':20s} {'plans':>5s} {'blocks run (tree / bound / one-by-one)':>40s} "
+                  f"{'one-by-one s':>12s} {'tree s':>8s} {'speed-up':>8s} {'max |dlogit|':>12s}")
         r = compare(name, width, args, device)
         blocks = f"{r['tree_calls']} / {r['lower_bound']} / {r['one_by_one_calls']}"
         print(f"{r['model']:20s} {r['plans']:5d} {blocks:>40s} {r['one_by_one_s']:12.2f} {r['tree_s']:8.2f} "

@@ -2,22 +2,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
 from loafing.errors import LoafingError
 
 SPACE_NAMES = ("ordered", "uniform")
-
-
-def data_options(f):
-    """--dataset / --data-dir / --download, shared by the commands that read data."""
-    f = click.option("--download", is_flag=True, help="Download the data set if missing (needs network).")(f)
-    f = click.option("--data-dir", type=str, default=None, help="Folder holding the data set.")(f)
-    f = click.option("--dataset", type=str, default=None,
-                     help="digits | cifar10 | cifar100 | imagefolder (default: the checkpoint's, else digits).")(f)
-    return f
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -54,36 +44,38 @@ def train(overwrite: bool, quiet: bool, **options) -> None:
                f"{last['test_top1']:.2f}%, {log['seconds'].sum():.0f} s training -> {options['out']}")
 
 
-@cli.command()
-@click.option("--ckpt", required=True, help="Checkpoint: loafing's own, akamaster CIFAR ResNet, or torchvision.")
-@click.option("--model", default=None, help="Model name; required for foreign checkpoints.")
-@click.option("--width-mult", type=float, default=1.0, help="Width multiplier of a foreign checkpoint.")
-@data_options
-@click.option("--space", default="ordered", help="Plans to evaluate: ordered | uniform.")
-@click.option("--plan", "plan_texts", multiple=True, help="Evaluate this plan (repeatable) instead of --space.")
-@click.option("--calib-size", type=int, default=2000, help="Training images used for BN recalibration.")
-@click.option("--no-recalibrate", is_flag=True, help="Evaluate with the stored BN statistics.")
-@click.option("--seed", type=int, default=0, help="Seed choosing the calibration subset.")
-@click.option("--batch-size", type=int, default=256)
-@click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N.")
-@click.option("--out", required=True, help="CSV file to write.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None, data_dir: str | None,
-            download: bool, space: str, plan_texts: tuple[str, ...], calib_size: int, no_recalibrate: bool,
-            seed: int, batch_size: int, device: str, out: str, quiet: bool) -> None:
-    """Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV."""
+def evaluation_options(f):
+    """Options shared by the commands that evaluate plans of a checkpoint."""
+    options = [
+        click.option("--ckpt", required=True, help="Checkpoint: loafing's own, akamaster CIFAR ResNet, or torchvision."),
+        click.option("--model", default=None, help="Model name; required for foreign checkpoints."),
+        click.option("--width-mult", type=float, default=1.0, help="Width multiplier of a foreign checkpoint."),
+        click.option("--dataset", default=None,
+                     help="digits | cifar10 | cifar100 | imagefolder (default: the checkpoint's, else digits)."),
+        click.option("--data-dir", default=None, help="Folder holding the data set."),
+        click.option("--download", is_flag=True, help="Download the data set if missing (needs network)."),
+        click.option("--calib-size", type=int, default=2000, help="Training images used for BN recalibration."),
+        click.option("--no-recalibrate", is_flag=True, help="Evaluate with the stored BN statistics."),
+        click.option("--seed", type=int, default=0, help="Seed choosing the calibration subset (and samples)."),
+        click.option("--batch-size", type=int, default=256),
+        click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N."),
+        click.option("--out", required=True, help="CSV file to write."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def load_for_evaluation(ckpt: str, model: str | None, width_mult: float, dataset: str | None,
+                        data_dir: str | None, download: bool, calib_size: int, device: str):
+    """Check the shared options, then load the checkpoint and the data set it is evaluated on."""
     from loafing.checkpoint import load_model
     from loafing.data import load_dataset
     from loafing.evaluate import resolve_device
-    from loafing.io import write_csv
-    from loafing.measure import measure_plans, summarize_measure
-    from loafing.plans import get_space, parse_plan
 
-    if space not in SPACE_NAMES:
-        raise LoafingError(f"unknown space {space!r}; valid choices: {', '.join(SPACE_NAMES)}")
     if calib_size < 1:
         raise LoafingError("--calib-size must be at least 1")
-    plans = [parse_plan(text) for text in plan_texts]
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, model, width_mult)
     dataset = dataset or loaded.config.get("dataset") or "digits"
@@ -91,23 +83,66 @@ def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None
     if data.num_classes != loaded.config["num_classes"]:
         raise LoafingError(f"checkpoint has {loaded.config['num_classes']} classes but {dataset} has "
                            f"{data.num_classes}")
+    return loaded, data, torch_device
+
+
+@cli.command()
+@evaluation_options
+@click.option("--space", default="ordered", help="Plans to evaluate: ordered | uniform.")
+@click.option("--plan", "plan_texts", multiple=True, help="Evaluate this plan (repeatable) instead of --space.")
+def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None, data_dir: str | None,
+            download: bool, calib_size: int, no_recalibrate: bool, seed: int, batch_size: int, device: str,
+            out: str, quiet: bool, space: str, plan_texts: tuple[str, ...]) -> None:
+    """Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV."""
+    from loafing.io import write_csv
+    from loafing.measure import measure_plans, summarize_measure
+    from loafing.plans import get_space, parse_plan
+
+    if space not in SPACE_NAMES:
+        raise LoafingError(f"unknown space {space!r}; valid choices: {', '.join(SPACE_NAMES)}")
+    plans = [parse_plan(text) for text in plan_texts]
+    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download,
+                                                     calib_size, device)
     plans = plans or get_space(space, loaded.model.layout)
     df = measure_plans(loaded, plans, data, calib_size=calib_size, recalibrate=not no_recalibrate, seed=seed,
                        batch_size=batch_size, device=torch_device, progress=not quiet)
-    df.insert(len(df.columns), "space", "plans" if plan_texts else space)
+    df["space"] = "plans" if plan_texts else space
     write_csv(df, out)
     s = summarize_measure(df)
-    click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {len(df)} plans on {dataset} -> {out}")
+    click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {len(df)} plans on {data.name} -> {out}")
     click.echo(f"main top-1 {s['main_top1']:.2f}% | {s['n_subnetworks']} sub-networks: max {s['sub_max']:.2f} "
                f"mean {s['sub_mean']:.2f} std {s['sub_std']:.2f} min {s['sub_min']:.2f}")
 
 
 @cli.command()
+@evaluation_options
+@click.option("--mode", required=True, help="delete-one | delete-many | permute.")
+@click.option("--max-combos", type=int, default=200,
+              help="Per number of deleted layers / swaps, evaluate at most this many (a seeded sample).")
+def destruct(ckpt: str, model: str | None, width_mult: float, dataset: str | None, data_dir: str | None,
+             download: bool, calib_size: int, no_recalibrate: bool, seed: int, batch_size: int, device: str,
+             out: str, quiet: bool, mode: str, max_combos: int) -> None:
+    """Delete or permute layers and measure the accuracy drop of every destroyed network."""
+    from loafing.destruct import destruct as run_destruct, summarize_drops
+    from loafing.io import write_csv
+
+    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download,
+                                                     calib_size, device)
+    df = run_destruct(loaded, data, mode, max_combos=max_combos, calib_size=calib_size,
+                      recalibrate=not no_recalibrate, seed=seed, batch_size=batch_size, device=torch_device,
+                      progress=not quiet)
+    write_csv(df, out)
+    main_top1 = df.loc[df["is_main"], "top1"].iloc[0]
+    click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {mode}: {len(df) - 1} destroyed "
+               f"networks on {data.name}, main top-1 {main_top1:.2f}% -> {out}")
+    click.echo(summarize_drops(df[df["n"] > 0]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
+@cli.command()
 def models() -> None:
     """List the registered models with their stage sizes and skippable blocks."""
-    from loafing.models import create_model
+    from loafing.models import MODELS, create_model
 
-    from loafing.models import MODELS
     for name in MODELS:
         layout = create_model(name, 10).layout
         click.echo(f"{name:22s} stages {'-'.join(map(str, layout.stage_sizes)):10s} "

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from loafing.conv import crop_conv_kernels
 from loafing.errors import LoafingError
 from loafing.plans import Layout, Plan, validate_plan
 
@@ -25,7 +26,7 @@ class StagedModel(nn.Module):
     def __init__(self, net: nn.Module, blocks: Sequence[nn.Module], stage_sizes: Sequence[int],
                  skippable: Sequence[bool], mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.net = net
+        self.net = crop_conv_kernels(net)
         # A plain tuple keeps the blocks out of the state dict: they are already registered under `net`.
         self._blocks = tuple(blocks)
         stages, start = [], 1

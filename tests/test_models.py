@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torchvision
 
 from loafing.errors import LoafingError
 from loafing.models import MODELS, create_model
@@ -84,3 +85,17 @@ def test_stem_blocks_and_head_cover_every_parameter_once(name):
     owned = [id(p) for m in parts for p in m.parameters()]
     assert len(owned) == len(set(owned))
     assert set(owned) == {id(p) for p in model.parameters()}
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("mobilenet_v3_large", lambda: torchvision.models.mobilenet_v3_large(num_classes=5)),
+    ("resnet50", lambda: torchvision.models.resnet50(num_classes=5)),
+])
+def test_staged_model_equals_plain_torchvision_module(name, reference):
+    """Kernel cropping (loafing.conv) must not change what the torchvision network computes."""
+    model = create_model(name, num_classes=5).eval()
+    plain = reference().eval()
+    plain.load_state_dict(model.net.state_dict())
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain((x - model.input_mean) / model.input_std), rtol=1e-4, atol=1e-5)
