@@ -31,17 +31,37 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0)
 @click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N.")
 @click.option("--workers", type=int, default=0, help="DataLoader worker processes.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
+@click.option("--plan", default=None, help='Train this sub-network alone (CT), e.g. "[1] [3,4] [6,7,8] [10] [12,13]".')
+@click.option("--space-size", type=int, default=None,
+              help="ST: sample from a seeded subset of this many ordered plans (always the smallest and the main).")
+@click.option("--space-seed", type=int, default=0, help="Seed choosing the restricted space's plans.")
+@click.option("--st-step", default="shared",
+              help="shared (blocks main and sub-network share run once) | simple (two full forwards).")
+@click.option("--kl-every", type=int, default=0,
+              help="Every N epochs (and at the end) record each plan's KL to the main network; 0: off.")
+@click.option("--kl-plans", type=int, default=None, help="Record KL for a seeded sample of this many plans.")
+@click.option("--kl-probe-size", type=int, default=500, help="Test images of the fixed KL probe set.")
+@click.option("--kl-calib-size", type=int, default=500, help="Training images recalibrating BN for the KL.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder to write.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue the interrupted run in this folder (its saved configuration is used).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(overwrite: bool, quiet: bool, **options) -> None:
+def train(overwrite: bool, quiet: bool, resume_dir: str | None, **options) -> None:
     """Train a network with CT or ST; writes checkpoint.pt, train_log.csv and config.json to --out."""
-    from loafing.train import TrainConfig, train as run_training
+    from loafing.train import TrainConfig, load_config, train as run_training
 
-    log = run_training(TrainConfig(**options), progress=not quiet, overwrite=overwrite)
+    if resume_dir:
+        config = load_config(resume_dir)
+        config.out = resume_dir
+    elif not options["out"]:
+        raise LoafingError("--out is required (or --resume DIR)")
+    else:
+        config = TrainConfig(**options)
+    log = run_training(config, progress=not quiet, overwrite=overwrite, resume=bool(resume_dir))
     last = log.iloc[-1]
-    click.echo(f"{options['method']} {options['model']}: epoch {int(last['epoch'])}, test top-1 "
-               f"{last['test_top1']:.2f}%, {log['seconds'].sum():.0f} s training -> {options['out']}")
+    click.echo(f"{config.method} {config.model}: epoch {int(last['epoch'])}, test top-1 "
+               f"{last['test_top1']:.2f}%, {log['seconds'].sum():.0f} s training -> {config.out}")
 
 
 def evaluation_options(f):
@@ -95,7 +115,7 @@ def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None
             out: str, quiet: bool, space: str, plan_texts: tuple[str, ...]) -> None:
     """Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV."""
     from loafing.io import write_csv
-    from loafing.measure import measure_plans, summarize_measure
+    from loafing.measure import measure_plans, summarize_measure, trained_plan
     from loafing.plans import get_space, parse_plan
 
     if space not in SPACE_NAMES:
@@ -103,15 +123,19 @@ def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None
     plans = [parse_plan(text) for text in plan_texts]
     loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download,
                                                      calib_size, device)
-    plans = plans or get_space(space, loaded.model.layout)
+    alone = trained_plan(loaded)
+    plans = plans or ([alone] if alone else get_space(space, loaded.model.layout))
     df = measure_plans(loaded, plans, data, calib_size=calib_size, recalibrate=not no_recalibrate, seed=seed,
                        batch_size=batch_size, device=torch_device, progress=not quiet)
-    df["space"] = "plans" if plan_texts else space
+    df["space"] = "plans" if plan_texts or alone else space
     write_csv(df, out)
     s = summarize_measure(df)
     click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {len(df)} plans on {data.name} -> {out}")
-    click.echo(f"main top-1 {s['main_top1']:.2f}% | {s['n_subnetworks']} sub-networks: max {s['sub_max']:.2f} "
-               f"mean {s['sub_mean']:.2f} std {s['sub_std']:.2f} min {s['sub_min']:.2f}")
+    line = f"main top-1 {s['main_top1']:.2f}%"
+    if s["n_subnetworks"]:
+        line += (f" | {s['n_subnetworks']} sub-networks: max {s['sub_max']:.2f} mean {s['sub_mean']:.2f} "
+                 f"std {s['sub_std']:.2f} min {s['sub_min']:.2f}")
+    click.echo(line)
 
 
 @cli.command()

@@ -13,7 +13,7 @@ import torch
 from loafing.checkpoint import LoadedModel
 from loafing.data import DataSplits
 from loafing.errors import LoafingError
-from loafing.measure import measure_plans
+from loafing.measure import measure_plans, trained_plan
 from loafing.plans import Layout, Plan
 
 MODES = ("delete-one", "delete-many", "permute")
@@ -171,6 +171,8 @@ def destruct(loaded: LoadedModel, data: DataSplits, mode: str, *, max_combos: in
              recalibrate: bool, seed: int, batch_size: int, device: torch.device,
              progress: bool = True) -> pd.DataFrame:
     """Evaluate every destroyed network of `mode`; `drop` = main top-1 - top-1, both from this run."""
+    if trained_plan(loaded) is not None:
+        raise LoafingError("destruct needs a run of the whole network, not a sub-network trained alone")
     networks = destroyed_networks(loaded.model.layout, mode, max_combos, seed)
     df = measure_plans(loaded, [d.plan for d in networks], data, calib_size=calib_size, recalibrate=recalibrate,
                        seed=seed, batch_size=batch_size, device=device, progress=progress)

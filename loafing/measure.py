@@ -10,29 +10,39 @@ from loafing.checkpoint import LoadedModel
 from loafing.data import DataSplits, make_loader, seeded_subset
 from loafing.evaluate import check_plans
 from loafing.plan_tree import evaluate_plans
-from loafing.plans import Plan
+from loafing.plans import Plan, parse_plan
 
-RUN_COLUMNS = ("run", "model", "width_mult", "method", "lam", "seed", "dataset")
+RUN_COLUMNS = ("run", "model", "width_mult", "method", "lam", "seed", "dataset", "trained_plan", "space_size")
 
 
 def run_identifiers(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """The columns that identify a run in every tidy table."""
     ids = {k: config.get(k) for k in RUN_COLUMNS}
     ids["dataset"] = dataset
+    ids["trained_plan"] = config.get("plan") or ""
     return ids
+
+
+def trained_plan(loaded: LoadedModel) -> Plan | None:
+    """The sub-network a run trained alone, or None for a run of the whole network."""
+    return parse_plan(loaded.config["plan"]) if loaded.config.get("plan") else None
 
 
 def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, *, calib_size: int,
                   recalibrate: bool, seed: int, batch_size: int, device: torch.device,
                   progress: bool = True) -> pd.DataFrame:
-    """Evaluate `plans` on the test split, each BN-recalibrated on a seeded subset of the train split."""
+    """Evaluate `plans` on the test split, each BN-recalibrated on a seeded subset of the train split.
+
+    For a sub-network trained alone (`--plan`), KL and `is_main` refer to that trained network.
+    """
     plans = check_plans(loaded.model, plans)
     model = loaded.model.to(device)
     test_loader = make_loader(data.test, batch_size)
     calib_loader = None
     if recalibrate:
         calib_loader = make_loader(seeded_subset(data.train_plain, calib_size, seed), batch_size)
-    df, _ = evaluate_plans(model, plans, test_loader, calib_loader, device, progress)
+    reference = trained_plan(loaded)
+    df, _ = evaluate_plans(model, plans, test_loader, calib_loader, device, progress, reference=reference)
     ids = run_identifiers(loaded.config, data.name)
     for i, (key, value) in enumerate(ids.items()):
         df.insert(i, key, value)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from loafing.bn import frozen_bn_stats
 from loafing.conv import crop_conv_kernels
 from loafing.errors import LoafingError
 from loafing.plans import Layout, Plan, validate_plan
@@ -86,6 +87,30 @@ class StagedModel(nn.Module):
         for b in plan.sequence():
             x = self._blocks[b - 1](x)
         return self.head(x)
+
+    def forward_with_subnetwork(self, x: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Main and `plan` logits in one graph: the blocks both run first are computed once.
+
+        In train mode BN normalizes with batch statistics, so the shared prefix gives the sub-network
+        exactly what its own forward would. Only the main network updates running statistics.
+        """
+        self.check_plan(plan)
+        main_seq, sub_seq = self.layout.main_plan.sequence(), plan.sequence()
+        shared = 0
+        while shared < min(len(main_seq), len(sub_seq)) and main_seq[shared] == sub_seq[shared]:
+            shared += 1
+        h = self.stem(x)
+        for b in main_seq[:shared]:
+            h = self._blocks[b - 1](h)
+        branch = h
+        for b in main_seq[shared:]:
+            h = self._blocks[b - 1](h)
+        main_logits = self.head(h)
+        with frozen_bn_stats(self):
+            for b in sub_seq[shared:]:
+                branch = self._blocks[b - 1](branch)
+            sub_logits = self.head(branch)
+        return main_logits, sub_logits
 
 
 # ---------------------------------------------------------------- CIFAR ResNets (He et al., option A)

@@ -83,9 +83,10 @@ class _Metrics:
 class PlanTreeEvaluator:
     """Evaluate many plans of one model with each (block after prefix) computed once per input."""
 
-    def __init__(self, model: StagedModel, plans: Sequence[Plan], device: torch.device) -> None:
+    def __init__(self, model: StagedModel, plans: Sequence[Plan], device: torch.device,
+                 reference: Plan | None = None) -> None:
         self.model, self.plans, self.device = model, list(plans), device
-        self.main = model.layout.main_plan
+        self.main = reference or model.layout.main_plan  # the network KL is measured against
         self.all_plans = self.plans if self.main in self.plans else self.plans + [self.main]
         self.main_index = self.all_plans.index(self.main)
         self.root = build_tree(self.all_plans, self.main)
@@ -148,6 +149,7 @@ class PlanTreeEvaluator:
         for x, y in loader:
             y = y.to(self.device, non_blocking=True)
             main_log_probs: list[torch.Tensor] = []
+            pending: list[tuple[list[int], torch.Tensor]] = []
             chunk_preds = torch.empty(n_plans, len(y), dtype=torch.long) if predictions else None
 
             def score(plan_ids: list[int], logits: torch.Tensor) -> None:
@@ -155,6 +157,9 @@ class PlanTreeEvaluator:
                 log_probs = F.log_softmax(logits, 1)
                 if self.main_index in plan_ids:
                     main_log_probs.append(log_probs)
+                elif not main_log_probs:  # only when a plan extends a non-main reference
+                    pending.append((plan_ids, logits))
+                    return
                 topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
                 hit = topk == y.unsqueeze(1)
                 c1, c5 = hit[:, 0].sum().item(), hit.any(1).sum().item()
@@ -167,6 +172,9 @@ class PlanTreeEvaluator:
                     totals.kl[i] += kl
                     if chunk_preds is not None:
                         chunk_preds[i] = logits.argmax(1).cpu()
+                if self.main_index in plan_ids:
+                    while pending:
+                        score(*pending.pop())
 
             self._walk(self.root, x.to(self.device, non_blocking=True), self.recalibrated, score)
             n_seen += len(y)
@@ -216,14 +224,15 @@ def own_bn_tensors(model: nn.Module) -> Iterator[None]:
 
 def evaluate_plans(model: StagedModel, plans: Sequence[Plan], test_loader: DataLoader,
                    calib_loader: DataLoader | None, device: torch.device, progress: bool = True,
-                   predictions: bool = False) -> tuple[pd.DataFrame, torch.Tensor | None]:
+                   predictions: bool = False, reference: Plan | None = None) -> tuple[pd.DataFrame, torch.Tensor | None]:
     """Evaluate `plans` (BN-recalibrated on `calib_loader` if given) sharing every common prefix.
 
     Returns one row per plan (plan, depths, n_blocks, is_main, top1, top5, loss, n_examples, kl)
     and, if asked, the predicted class of every plan for every evaluation example ([plans, N]).
+    KL and `is_main` refer to `reference` (default: the main network).
     The model's own BN statistics and train/eval mode are left as they were.
     """
-    evaluator = PlanTreeEvaluator(model, plans, device)
+    evaluator = PlanTreeEvaluator(model, plans, device, reference)
     total = len(test_loader) + (len(calib_loader) if calib_loader is not None else 0)
     with own_bn_tensors(model), tqdm(total=total, desc=f"{len(plans)} plans", unit="batch", leave=False,
                                      disable=not progress) as bar:

@@ -138,6 +138,15 @@ def get_space(name: str, layout: Layout) -> list[Plan]:
     return SPACES[name](layout)
 
 
+def restricted_ordered_space(layout: Layout, size: int, seed: int) -> list[Plan]:
+    """A seeded subset of `size` ordered plans: the smallest and the main plan, plus size - 2 drawn uniformly."""
+    full = ordered_space(layout)
+    if not 2 <= size <= len(full):
+        raise LoafingError(f"--space-size must be between 2 and {len(full)} for this model, got {size}")
+    chosen = {0, len(full) - 1} | set(random.Random(seed).sample(range(1, len(full) - 1), size - 2))
+    return [full[i] for i in sorted(chosen)]
+
+
 def sample_ordered_plan(layout: Layout, rng: random.Random) -> Plan:
     """The ST sampler: per stage a depth drawn uniformly from 1..n, independently per stage."""
     return ordered_plan(layout, tuple(rng.randint(1, n) for n in layout.stage_sizes))

@@ -1,14 +1,15 @@
 import copy
 import random
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from loafing.bn import batchnorms, frozen_bn_stats, preserved_bn_state, recalibrate_bn
 from loafing.data import images_only, make_loader, seeded_subset
 from loafing.models import create_model
-from loafing.plans import ordered_plan
-from loafing.train import ct_step, st_step
+from loafing.plans import ordered_plan, sample_ordered_plan
+from loafing.train import StepContext, ct_step, st_step_shared, st_step_simple
 
 
 def bn_state(model):
@@ -69,12 +70,14 @@ def test_preserved_bn_state_restores_everything(digits):
     assert all(bn.momentum == 0.1 for bn in batchnorms(model))
 
 
-def test_st_sub_network_forward_leaves_main_running_stats_alone():
+@pytest.mark.parametrize("st_step", [st_step_simple, st_step_shared])
+def test_st_sub_network_forward_leaves_main_running_stats_alone(st_step):
     model = create_model("resnet20-cifar", 10).train()
     twin = copy.deepcopy(model)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    ct_step(model, x, y, 1.0, random.Random(0))
-    result = st_step(twin, x, y, 1.0, random.Random(0))
+    ctx = StepContext(1.0, lambda: sample_ordered_plan(model.layout, random.Random(0)))
+    ct_step(model, x, y, ctx)
+    result = st_step(twin, x, y, ctx)
     assert result.kl.item() > 0  # the sub-network really ran
     assert all(torch.equal(a, b) for a, b in zip(bn_state(model), bn_state(twin)))
 

@@ -137,3 +137,19 @@ def test_plans_without_the_main_network_and_duplicates(loaders):
     assert len(table) == 2 and not table["is_main"].any()
     assert table["top1"].tolist() == reference["top1"].tolist() * 2
     assert table["kl"].iloc[0] == pytest.approx(reference["kl"].iloc[0], abs=1e-4)
+
+
+def test_kl_against_a_reference_that_another_plan_extends(loaders):
+    """KL is taken against `reference`; a plan that extends it is scored once the reference's logits exist."""
+    test_loader, calib_loader = loaders
+    model = perturbed("resnet20-cifar")
+    reference, longer = Plan(((1,), (4,), (7,))), Plan(((1,), (4,), (7, 8)))
+    table, _ = evaluate_plans(model, [longer, reference], test_loader, calib_loader, CPU, progress=False,
+                              reference=reference)
+    ref_logits, _ = plan_logits_one_by_one(model, reference, test_loader, calib_loader, CPU)
+    long_logits, _ = plan_logits_one_by_one(model, longer, test_loader, calib_loader, CPU)
+    expected = torch.nn.functional.kl_div(long_logits.log_softmax(1), ref_logits.log_softmax(1), log_target=True,
+                                          reduction="batchmean").item()
+    assert table["is_main"].tolist() == [False, True]
+    assert table["kl"].iloc[0] == pytest.approx(expected, abs=1e-5) and expected > 1e-3
+    assert table["kl"].iloc[1] == pytest.approx(0, abs=1e-7)

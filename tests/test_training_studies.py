@@ -1,0 +1,180 @@
+import copy
+import random
+
+import pandas as pd
+import pytest
+import torch
+
+from loafing.checkpoint import load_model
+from loafing.data import load_digits_splits
+from loafing.measure import measure_plans
+from loafing.models import create_model
+from loafing.plans import ordered_space, parse_plan, restricted_ordered_space, sample_ordered_plan
+from loafing.train import StepContext, TrainConfig, st_step_shared, st_step_simple, train
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name, kwargs", [("resnet20-cifar", {}), ("mobilenet_v3_large", {"width_mult": 0.5})])
+def test_shared_st_step_gives_the_gradients_of_the_simple_step(name, kwargs):
+    torch.manual_seed(0)
+    base = create_model(name, 10, **kwargs).train()
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    plans = [sample_ordered_plan(base.layout, random.Random(s)) for s in range(6)] + [base.layout.main_plan]
+    for plan in plans:
+        results = {}
+        for step in (st_step_simple, st_step_shared):
+            model = copy.deepcopy(base)
+            torch.manual_seed(1)  # same dropout masks in both
+            result = step(model, x, y, StepContext(2.0, lambda: plan))
+            result.loss.backward()
+            results[step] = (result, grads(model), {k: v.clone() for k, v in model.state_dict().items()})
+        (r1, g1, s1), (r2, g2, s2) = results[st_step_simple], results[st_step_shared]
+        assert abs(r1.loss.item() - r2.loss.item()) < 1e-5 and abs(r1.kl.item() - r2.kl.item()) < 1e-6
+        assert g1.keys() == g2.keys()
+        for key in g1:
+            torch.testing.assert_close(g2[key], g1[key], rtol=0, atol=1e-5, msg=f"{plan} {key}")
+        for key in s1:  # running statistics: only the main network updates them, in both steps
+            assert torch.equal(s1[key], s2[key]), key
+
+
+def test_restricted_space_is_seeded_and_contains_smallest_and_main():
+    layout = create_model("mobilenet_v3_large", 10).layout
+    full = ordered_space(layout)
+    for size in (6, 48, 144):
+        space = restricted_ordered_space(layout, size, seed=0)
+        assert len(space) == size == len(set(space))
+        assert space[0] == full[0] and space[-1] == layout.main_plan
+        assert set(space) <= set(full)
+        assert space == restricted_ordered_space(layout, size, seed=0)
+    assert restricted_ordered_space(layout, 6, 0) != restricted_ordered_space(layout, 6, 1)
+
+
+@pytest.fixture(scope="module")
+def kl_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kl")
+    for method, extra in (("ct", {}), ("st", {"space_size": 6})):
+        train(TrainConfig(model="resnet20-cifar", method=method, epochs=2, lr=0.1, device="cpu", kl_every=1,
+                          kl_plans=8, kl_probe_size=100, kl_calib_size=100, out=str(root / method), **extra),
+              progress=False)
+    return root
+
+
+def test_kl_trajectory_and_cost_columns(kl_runs):
+    kl = pd.read_csv(kl_runs / "ct" / "kl_trajectory.csv")
+    assert kl.groupby("epoch").size().to_dict() == {1: 8, 2: 8}
+    assert set(kl.groupby("epoch")["plan"].apply(frozenset)) == {frozenset(kl[kl.epoch == 1]["plan"])}
+    assert (kl["kl"] >= 0).all() and {"run", "method", "lam", "seed", "depths"} <= set(kl.columns)
+    log = pd.read_csv(kl_runs / "st" / "train_log.csv")
+    assert (log["space_size"] == 6).all()
+    assert ((log["examples_per_s"] * log["seconds"] - 1344).abs() < 1e-6).all()  # 21 full batches of 64
+    assert (log["peak_memory_mib"] > 100).all() and (log["memory_kind"] == "cpu_peak_rss").all()
+
+
+def test_subnetwork_trained_alone_is_measured_on_its_plan(tmp_path, digits):
+    plan = "[1] [4] [7,8]"
+    train(TrainConfig(model="resnet20-cifar", method="ct", plan=plan, epochs=1, lr=0.1, device="cpu",
+                      out=str(tmp_path / "alone")), progress=False)
+    loaded = load_model(tmp_path / "alone" / "checkpoint.pt")
+    untouched = create_model("resnet20-cifar", 10)
+    torch.manual_seed(0)
+    fresh = create_model("resnet20-cifar", 10)
+    # blocks outside the plan never trained: still equal to their seeded initialization
+    assert torch.equal(loaded.model.block(9).conv1.weight, fresh.block(9).conv1.weight)
+    assert not torch.equal(loaded.model.block(8).conv1.weight, fresh.block(8).conv1.weight)
+    del untouched
+    df = measure_plans(loaded, [parse_plan(plan)], digits, calib_size=200, recalibrate=True, seed=0,
+                       batch_size=256, device=torch.device("cpu"), progress=False)
+    row = df.iloc[0]
+    assert row["trained_plan"] == plan == row["plan"] and row["is_main"] and row["kl"] == pytest.approx(0, abs=1e-6)
+    log = pd.read_csv(tmp_path / "alone" / "train_log.csv")
+    assert row["top1"] > 30 and log["trained_plan"].iloc[0] == plan
+
+
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
+    import loafing.train as train_module
+
+    def config(out):
+        return TrainConfig(model="resnet20-cifar", method="st", epochs=3, lr=0.1, device="cpu", kl_every=2,
+                           kl_plans=3, kl_probe_size=50, kl_calib_size=50, out=str(out))
+
+    train(config(tmp_path / "full"), progress=False)
+    real = train_module.train_one_epoch
+    calls = {"n": 0}
+
+    def dies_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path / "cut"), progress=False)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    monkeypatch.setattr(train_module, "train_one_epoch", real)
+    train(train_module.load_config(tmp_path / "cut"), progress=False, resume=True)
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert cut["epoch"] == 3
+    for key, value in full["model"].items():
+        assert torch.equal(value, cut["model"][key]), key
+    drop = ["seconds", "examples_per_s", "peak_memory_mib", "run"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "train_log.csv").drop(columns=drop),
+                                  pd.read_csv(tmp_path / "cut" / "train_log.csv").drop(columns=drop))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "kl_trajectory.csv").drop(columns="run"),
+                                  pd.read_csv(tmp_path / "cut" / "kl_trajectory.csv").drop(columns="run"))
+
+
+def test_atomic_writes_leave_the_previous_file_whole(tmp_path, monkeypatch):
+    from loafing import io
+
+    target = tmp_path / "checkpoint.pt"
+    io.save_torch({"epoch": 1}, target)
+
+    def broken_save(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"half a checkp")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.torch, "save", broken_save)
+    with pytest.raises(OSError):
+        io.save_torch({"epoch": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    io.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "x.csv")
+    assert pd.read_csv(tmp_path / "x.csv")["a"].tolist() == [1]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "st", "plan": "[1] [4] [7]"}, "--plan trains a sub-network alone and needs --method ct"),
+    ({"method": "ct", "space_size": 6}, "needs --method st"),
+    ({"method": "st", "space_size": 1}, "--space-size must be between 2 and 27"),
+    ({"method": "st", "st_step": "fast"}, "unknown ST step 'fast'; valid choices: shared, simple"),
+    ({"method": "ct", "plan": "[1] [5] [7]"}, "block 4 is not skippable"),
+    ({"method": "ct", "kl_every": -1}, "--kl-every must be 0"),
+])
+def test_bad_training_options(tmp_path, kwargs, message):
+    from loafing.errors import LoafingError
+
+    with pytest.raises(LoafingError, match=message.replace("[", r"\[")):
+        train(TrainConfig(model="resnet20-cifar", epochs=1, device="cpu", out=str(tmp_path / "r"), **kwargs),
+              progress=False)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_st_keeps_kl_small_while_ct_grows_on_digits(tmp_path):
+    """Fig. 7 on digits: median KL over plans at the last epoch, ST at most a third of CT."""
+    medians = {}
+    for method in ("ct", "st"):
+        train(TrainConfig(model="mobilenet_v3_large", width_mult=0.5, method=method, epochs=30, seed=0,
+                          device="cpu", kl_every=5, out=str(tmp_path / method)), progress=False)
+        kl = pd.read_csv(tmp_path / method / "kl_trajectory.csv")
+        medians[method] = kl.groupby("epoch")["kl"].median()
+    print(pd.DataFrame(medians))
+    assert medians["st"].iloc[-1] <= medians["ct"].iloc[-1] / 3, medians
+    assert (medians["st"] <= medians["ct"] / 3).all(), medians  # small through training, not only at the end
