@@ -15,6 +15,12 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every BN layer (training hyper-parameter, not architecture)."""
+    for bn in batchnorms(model):
+        bn.momentum = momentum
+
+
 @contextlib.contextmanager
 def preserved_bn_state(model: nn.Module) -> Iterator[None]:
     """Restore every BN running statistic, momentum and the train/eval mode on exit."""

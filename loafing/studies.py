@@ -27,23 +27,32 @@ def grid(base: TrainConfig, root: str | Path, **axes: Iterable[Any]) -> list[Tra
     return configs
 
 
+# Where a run executes and where its data lives do not change what it is.
+NOT_IDENTIFYING = ("run", "num_classes", "device", "workers", "data_dir", "download")
+
+
+def has_config(run_dir: str | Path, config: TrainConfig) -> bool:
+    """Whether `run_dir` holds a run (finished or not) of this configuration."""
+    if not (Path(run_dir) / CHECKPOINT_NAME).exists():
+        return False
+    saved, wanted = dataclasses.asdict(load_config(run_dir)), dataclasses.asdict(config)
+    return all(saved[k] == wanted[k] for k in wanted if k not in NOT_IDENTIFYING)
+
+
 def is_complete(config: TrainConfig) -> bool:
     """Whether `config.out` holds a finished run of exactly this configuration."""
     out = Path(config.out)
-    if not (out / CHECKPOINT_NAME).exists():
+    if not has_config(out, config):
         return False
-    saved = dataclasses.asdict(load_config(out))
-    wanted = dataclasses.asdict(config)
-    same = all(saved[k] == wanted[k] for k in wanted if k not in ("run", "num_classes"))
-    return same and torch.load(out / CHECKPOINT_NAME, map_location="cpu", weights_only=False)["epoch"] == config.epochs
+    return torch.load(out / CHECKPOINT_NAME, map_location="cpu", weights_only=False)["epoch"] == config.epochs
 
 
 def train_once(config: TrainConfig, progress: bool = True) -> Path:
-    """Train unless the same run is already complete; resume it if it was interrupted."""
+    """Train unless the same run is already complete; resume it if it was interrupted; replace another run."""
     out = Path(config.out)
     if is_complete(config):
         return out
-    started = (out / CHECKPOINT_NAME).exists() and dataclasses.asdict(load_config(out))["epochs"] == config.epochs
+    started = has_config(out, config)
     train(config, progress=progress, resume=started, overwrite=not started)
     return out
 

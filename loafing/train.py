@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from loafing.bn import frozen_bn_stats
+from loafing.bn import frozen_bn_stats, set_bn_momentum
 from loafing.checkpoint import read_checkpoint, save_checkpoint
 from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
 from loafing.errors import LoafingError
@@ -47,6 +47,8 @@ class TrainConfig:
     lr: float = 0.05
     weight_decay: float = 3e-5
     momentum: float = 0.9
+    bn_momentum: float | None = None  # None: the model's own (torchvision's MobileNetV3: 0.01)
+    channels_last: bool = False  # NHWC activations: same network, about 2x faster on CPU for MobileNetV3
     seed: int = 0
     device: str = "auto"
     workers: int = 0
@@ -119,13 +121,15 @@ ST_STEPS: dict[str, Callable[..., StepResult]] = {"shared": st_step_shared, "sim
 
 def train_one_epoch(model: StagedModel, loader, optimizer: torch.optim.Optimizer,
                     step: Callable[..., StepResult], ctx: StepContext, device: torch.device, desc: str,
-                    progress: bool = True) -> dict[str, float]:
+                    progress: bool = True,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
     """One pass over `loader`; returns mean loss, CE and KL."""
     model.train()
     totals = torch.zeros(3, device=device)
     n = 0
     for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        y = y.to(device, non_blocking=True)
         result = step(model, x, y, ctx)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
@@ -153,6 +157,8 @@ def check_config(config: TrainConfig) -> None:
         raise LoafingError("--lr must be positive")
     if config.lam < 0:
         raise LoafingError("--lam must be non-negative")
+    if config.bn_momentum is not None and not 0 < config.bn_momentum <= 1:
+        raise LoafingError("--bn-momentum must be in (0, 1]")
     if config.plan and config.method != "ct":
         raise LoafingError("--plan trains a sub-network alone and needs --method ct")
     if config.space_size is not None and config.method != "st":
@@ -211,7 +217,10 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, r
     rng = random.Random(config.seed)
     model = create_model(config.model, data.num_classes, config.width_mult)
     model.set_normalization(data.mean, data.std)
-    model.to(device)
+    if config.bn_momentum is not None:
+        set_bn_momentum(model, config.bn_momentum)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     trained_plan = parse_plan(config.plan) if config.plan else None
     if trained_plan is not None:
         model.check_plan(trained_plan)
@@ -259,7 +268,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, r
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         losses = train_one_epoch(model, train_loader, optimizer, step, ctx, device, desc=f"epoch {epoch}",
-                                 progress=progress)
+                                 progress=progress, memory_format=memory_format)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start

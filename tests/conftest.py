@@ -1,8 +1,10 @@
 import random
+import sys
 
 import pytest
 import torch
 
+from loafing.cli import main
 from loafing.data import load_digits_splits
 from loafing.train import TrainConfig, train
 
@@ -29,3 +31,15 @@ def trained_runs(tmp_path_factory):
         train(config, progress=False)
         runs[method] = root / method
     return runs
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run the `loafing` CLI in-process: returns (exit code, stdout, stderr)."""
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["loafing", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+    return run

@@ -1,23 +1,11 @@
-import sys
-
 import pandas as pd
 import pytest
 import torch
 
-from loafing.cli import main
 
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["loafing", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def test_measure_end_to_end_on_a_trained_run(monkeypatch, capsys, trained_runs, tmp_path):
+def test_measure_end_to_end_on_a_trained_run(run_cli, trained_runs, tmp_path):
     out = tmp_path / "measure.csv"
-    code, stdout, _ = run_cli(monkeypatch, capsys, "measure", "--ckpt", trained_runs["st"] / "checkpoint.pt",
+    code, stdout, _ = run_cli("measure", "--ckpt", trained_runs["st"] / "checkpoint.pt",
                               "--calib-size", 256, "--out", out, "--quiet", "--device", "cpu")
     assert code == 0
     df = pd.read_csv(out)
@@ -35,9 +23,9 @@ def test_measure_end_to_end_on_a_trained_run(monkeypatch, capsys, trained_runs, 
     assert f"mean {subs.mean():.2f}" in stdout and f"min {subs.min():.2f}" in stdout
 
 
-def test_measure_without_recalibration_reproduces_the_training_log(monkeypatch, capsys, trained_runs, tmp_path):
+def test_measure_without_recalibration_reproduces_the_training_log(run_cli, trained_runs, tmp_path):
     out = tmp_path / "m.csv"
-    code, _, _ = run_cli(monkeypatch, capsys, "measure", "--ckpt", trained_runs["ct"] / "checkpoint.pt",
+    code, _, _ = run_cli("measure", "--ckpt", trained_runs["ct"] / "checkpoint.pt",
                          "--no-recalibrate", "--plan", "[1,2,3] [4,5,6] [7,8,9]", "--plan", "[1] [4] [7]",
                          "--out", out, "--quiet")
     assert code == 0
@@ -83,7 +71,7 @@ def test_train_writes_complete_checkpoint_and_log(trained_runs):
     (["train", "--epochs", "0"], "--epochs must be at least 1"),
     (["measure", "--ckpt", "{st}", "--bogus"], "No such option '--bogus'"),
 ])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, trained_runs, tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_cli, trained_runs, tmp_path, args, message):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     sd = torch.load(trained_runs["st"] / "checkpoint.pt", weights_only=False)["model"]
     net_sd = {f"module.{k[4:]}": v for k, v in sd.items()}
@@ -96,7 +84,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tr
         args += ["--out", str(out), "--quiet"]
     else:
         args += ["--out", str(tmp_path / "run"), "--quiet"]
-    code, stdout, stderr = run_cli(monkeypatch, capsys, *args)
+    code, stdout, stderr = run_cli(*args)
     assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("loafing: error:"), stderr
@@ -105,7 +93,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tr
     assert not out.exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_help_on_every_command(monkeypatch, capsys):
-    for command in ([], ["train"], ["measure"], ["models"]):
-        code, stdout, _ = run_cli(monkeypatch, capsys, *command, "--help")
+def test_help_on_every_command(run_cli):
+    for command in ([], ["train"], ["measure"], ["destruct"], ["models"], ["figures"], ["reproduce"]):
+        code, stdout, _ = run_cli(*command, "--help")
         assert code == 0 and "Usage:" in stdout

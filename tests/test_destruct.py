@@ -1,12 +1,10 @@
 import math
-import sys
 
 import pandas as pd
 import pytest
 import torch
 
 from loafing.checkpoint import load_model
-from loafing.cli import main
 from loafing.destruct import destroyed_networks, destruct, permute, swaps_needed
 from loafing.errors import LoafingError
 from loafing.plans import Layout, parse_plan
@@ -116,17 +114,9 @@ def test_destruct_on_a_trained_run(trained_runs, digits, mode):
         assert len(df) == 24 and df["plan"].is_unique
 
 
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["loafing", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def test_destruct_cli(monkeypatch, capsys, trained_runs, tmp_path):
+def test_destruct_cli(run_cli, trained_runs, tmp_path):
     out = tmp_path / "d.csv"
-    code, stdout, _ = run_cli(monkeypatch, capsys, "destruct", "--ckpt", trained_runs["ct"] / "checkpoint.pt",
+    code, stdout, _ = run_cli("destruct", "--ckpt", trained_runs["ct"] / "checkpoint.pt",
                               "--mode", "delete-many", "--max-combos", 5, "--calib-size", 128, "--out", out,
                               "--quiet")
     assert code == 0
@@ -143,9 +133,9 @@ def test_destruct_cli(monkeypatch, capsys, trained_runs, tmp_path):
     (["--mode", "shuffle"], "unknown mode 'shuffle'; valid choices: delete-one, delete-many, permute"),
     (["--mode", "permute", "--max-combos", "0"], "--max-combos must be at least 1"),
 ])
-def test_destruct_cli_bad_input(monkeypatch, capsys, trained_runs, tmp_path, args, message):
+def test_destruct_cli_bad_input(run_cli, trained_runs, tmp_path, args, message):
     out = tmp_path / "d.csv"
-    code, _, stderr = run_cli(monkeypatch, capsys, "destruct", "--ckpt", trained_runs["ct"] / "checkpoint.pt",
+    code, _, stderr = run_cli("destruct", "--ckpt", trained_runs["ct"] / "checkpoint.pt",
                               *args, "--out", out, "--quiet")
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr
     assert not out.exists()

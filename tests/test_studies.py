@@ -1,6 +1,8 @@
+import dataclasses
 import importlib.util
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from loafing.studies import grid, is_complete, measure_runs, train_once
@@ -43,3 +45,15 @@ def test_changed_config_is_not_complete(tmp_path):
                                 seed=[3])[0])
     state = torch.load(Path(config.out) / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 1
+
+
+def test_train_once_replaces_a_run_of_another_config_and_ignores_the_device(tmp_path):
+    config = TrainConfig(model="resnet20-cifar", epochs=1, device="cpu", lr=0.1, out=str(tmp_path / "run"))
+    train_once(config, progress=False)
+    stamp = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
+    assert is_complete(dataclasses.replace(config, device="auto"))  # where it runs does not identify a run
+    changed = dataclasses.replace(config, lr=0.2)
+    train_once(changed, progress=False)  # another recipe in the same folder: trained afresh, not resumed
+    assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns != stamp
+    assert pd.read_csv(tmp_path / "run" / "train_log.csv")["lr"].tolist() == [0.2]
+    assert is_complete(changed) and not is_complete(config)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from loafing.checkpoint import load_model
-from loafing.data import load_digits_splits
 from loafing.measure import measure_plans
 from loafing.models import create_model
 from loafing.plans import ordered_space, parse_plan, restricted_ordered_space, sample_ordered_plan
@@ -156,6 +155,7 @@ def test_atomic_writes_leave_the_previous_file_whole(tmp_path, monkeypatch):
     ({"method": "st", "st_step": "fast"}, "unknown ST step 'fast'; valid choices: shared, simple"),
     ({"method": "ct", "plan": "[1] [5] [7]"}, "block 4 is not skippable"),
     ({"method": "ct", "kl_every": -1}, "--kl-every must be 0"),
+    ({"method": "ct", "bn_momentum": 0.0}, r"--bn-momentum must be in \(0, 1\]"),
 ])
 def test_bad_training_options(tmp_path, kwargs, message):
     from loafing.errors import LoafingError
@@ -164,6 +164,40 @@ def test_bad_training_options(tmp_path, kwargs, message):
         train(TrainConfig(model="resnet20-cifar", epochs=1, device="cpu", out=str(tmp_path / "r"), **kwargs),
               progress=False)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_channels_last_step_gives_the_same_gradients():
+    torch.manual_seed(0)
+    base = create_model("mobilenet_v3_large", 10, 0.5).train()
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    plan = sample_ordered_plan(base.layout, random.Random(3))
+    results = {}
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        model = copy.deepcopy(base).to(memory_format=memory_format)
+        torch.manual_seed(1)  # same dropout masks in both
+        result = st_step_shared(model, x.to(memory_format=memory_format), y, StepContext(1.0, lambda: plan, None))
+        result.loss.backward()
+        results[memory_format] = (result.loss.item(), grads(model))
+    (loss, expected), (loss_nhwc, got) = results.values()
+    assert loss_nhwc == pytest.approx(loss, rel=1e-5)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_and_bn_momentum_options_in_training(tmp_path):
+    def run(name, **options):
+        config = TrainConfig(model="resnet20-cifar", method="st", epochs=1, lr=0.1, device="cpu",
+                             out=str(tmp_path / name), **options)
+        log = train(config, progress=False)
+        return log, load_model(tmp_path / name / "checkpoint.pt").model.state_dict()
+
+    _, weights = run("plain")
+    log_nhwc, _ = run("nhwc", channels_last=True)
+    assert log_nhwc["loss"].notna().all() and log_nhwc["test_top1"].iloc[0] > 10
+    # The BN momentum changes only the running statistics (1.0 keeps just the last batch's), not the weights.
+    _, weights_m1 = run("momentum1", bn_momentum=1.0)
+    assert torch.equal(weights_m1["net.conv1.weight"], weights["net.conv1.weight"])
+    assert not torch.allclose(weights_m1["net.bn1.running_var"], weights["net.bn1.running_var"], rtol=1e-3)
 
 
 @pytest.mark.slow

@@ -1,0 +1,1 @@
+"""Study definitions: what to train, measure and compare for each of the paper's studies."""

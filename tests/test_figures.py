@@ -1,0 +1,315 @@
+"""Figures and tables from small synthetic results CSVs (no training)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import itertools  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from loafing.errors import LoafingError  # noqa: E402
+from loafing.figures import (  # noqa: E402
+    FIGURES,
+    is_main,
+    make_figures,
+    plot_inside_vs_alone,
+    read_results_csv,
+    reference_lam,
+    run_scheme,
+    scheme_colour,
+    script_main,
+    table_cost,
+    table_main_and_subnetworks,
+)
+
+# A toy network with two stages of 2 and 3 blocks: 2 * 3 = 6 ordered plans, the last one the main network.
+STAGES = ([1, 2], [3, 4, 5])
+MAIN_PLAN = "[1,2] [3,4,5]"
+RUNS = (  # run, method, lam, seed, trained_plan, space_size
+    ("ct-s0", "ct", 1.0, 0, "", ""),
+    ("ct-s1", "ct", 1.0, 1, "", ""),
+    ("st-s0", "st", 1.0, 0, "", ""),
+    ("st-s1", "st", 1.0, 1, "", ""),
+    ("st-lam2-s0", "st", 2.0, 0, "", ""),
+    ("st3-s0", "st", 1.0, 0, "", 3),
+    ("st3-s1", "st", 1.0, 1, "", 3),
+    ("alone-a", "ct", 1.0, 0, "[1] [3]", ""),
+    ("alone-b", "ct", 1.0, 0, "[1,2] [3]", ""),
+)
+
+
+def ordered_plans() -> list[tuple[str, str, int]]:
+    """(plan, depths, n_blocks) of every ordered plan of the toy network."""
+    plans = []
+    for d1, d2 in itertools.product(range(1, 3), range(1, 4)):
+        blocks = (STAGES[0][:d1], STAGES[1][:d2])
+        plan = " ".join("[" + ",".join(str(b) for b in stage) + "]" for stage in blocks)
+        plans.append((plan, f"{d1}-{d2}", d1 + d2))
+    return plans
+
+
+def run_ids(run: tuple, model: str = "toynet", dataset: str = "digits") -> dict:
+    """The identifying columns every results row carries."""
+    name, method, lam, seed, trained_plan, space_size = run
+    return {"run": name, "model": model, "width_mult": 1.0, "method": method, "lam": lam, "seed": seed,
+            "dataset": dataset, "trained_plan": trained_plan, "space_size": space_size}
+
+
+def measure_rows(runs: tuple = RUNS, model: str = "toynet", dataset: str = "digits", seed: int = 0) -> pd.DataFrame:
+    """measure.csv rows: every plan of each full run, the trained plan alone for the other runs."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for run in runs:
+        trained_plan = run[4]
+        for plan, depths, n_blocks in ordered_plans():
+            if trained_plan and plan != trained_plan:
+                continue
+            is_main = plan == (trained_plan or MAIN_PLAN)
+            rows.append({**run_ids(run, model, dataset), "plan": plan, "depths": depths, "n_blocks": n_blocks,
+                         "is_main": is_main, "top1": float(rng.uniform(40, 95)), "top5": 99.0, "loss": 0.5,
+                         "n_examples": 100, "kl": float(rng.uniform(0, 1)), "recalibrated": True,
+                         "calib_size": 50, "calib_seed": 0, "space": "ordered"})
+    return pd.DataFrame(rows)
+
+
+def destruct_rows() -> pd.DataFrame:
+    """destruct.csv rows for the full runs: an intact row and a few rows per mode."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for run in RUNS:
+        if run[4]:
+            continue
+        cases = [("delete-one", 0, "")] + [("delete-one", 1, str(layer)) for layer in (2, 4, 5)]
+        cases += [("delete-many", 1, "2"), ("delete-many", 1, "4"), ("delete-many", 2, "2,4"),
+                  ("delete-many", 2, "4,5")]
+        cases += [("permute", 1, "[1,2] [3,5,4]"), ("permute", 1, "[1,2] [4,3,5]"), ("permute", 2, "[1,2] [5,3,4]")]
+        for mode, n, layers in cases:
+            rows.append({**run_ids(run), "mode": mode, "n": n, "layers": layers, "plan": MAIN_PLAN,
+                         "depths": "2-3", "n_blocks": 5, "is_main": n == 0, "top1": 90.0,
+                         "drop": 0.0 if n == 0 else float(rng.uniform(0, 10)), "top5": 99.0, "loss": 0.5,
+                         "n_examples": 100, "kl": 0.1, "recalibrated": True, "calib_size": 50, "calib_seed": 0,
+                         "sampled": False})
+    return pd.DataFrame(rows)
+
+
+def kl_rows() -> pd.DataFrame:
+    """kl_trajectory.csv rows: every plan of CT and full ST runs at epochs 1 and 2."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for run in RUNS:
+        if run[4] or run[5]:
+            continue
+        for epoch, (plan, depths, n_blocks) in itertools.product((1, 2), ordered_plans()):
+            ids = {k: v for k, v in run_ids(run).items() if k != "width_mult"}
+            rows.append({**ids, "epoch": epoch, "plan": plan, "depths": depths, "n_blocks": n_blocks,
+                         "is_main": plan == MAIN_PLAN, "kl": float(rng.uniform(0, 1)), "top1": 50.0})
+    return pd.DataFrame(rows)
+
+
+def train_log_rows() -> pd.DataFrame:
+    """train_log.csv rows: three epochs per run, with seconds that differ between runs."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for run in RUNS:
+        for epoch in (1, 2, 3):
+            ids = {k: v for k, v in run_ids(run).items() if k != "width_mult"}
+            rows.append({**ids, "epoch": epoch, "lr": 0.1, "loss": 2.0 / epoch, "ce": 2.0 / epoch, "kl": 0.1,
+                         "test_top1": 30.0 * epoch + float(rng.uniform(0, 5)), "test_loss": 1.0,
+                         "seconds": float(rng.uniform(1, 3)), "examples_per_s": float(rng.uniform(100, 200)),
+                         "peak_memory_mib": float(rng.uniform(500, 900)), "memory_kind": "cpu_peak_rss"})
+    return pd.DataFrame(rows)
+
+
+def write_results(folder: Path) -> Path:
+    """Write the four synthetic CSVs into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    measure_rows().to_csv(folder / "measure.csv", index=False)
+    destruct_rows().to_csv(folder / "destruct.csv", index=False)
+    kl_rows().to_csv(folder / "kl_trajectory.csv", index=False)
+    train_log_rows().to_csv(folder / "train_log.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return write_results(tmp_path_factory.mktemp("results"))
+
+
+def test_every_entry_writes_non_empty_files(results, tmp_path):
+    outcomes = make_figures(results, tmp_path / "out")
+    assert [o.name for o in outcomes] == list(FIGURES)
+    for outcome in outcomes:
+        assert outcome.skipped is None, (outcome.name, outcome.skipped)
+        suffixes = {p.suffix for p in outcome.paths}
+        assert suffixes == ({".png", ".md"} if FIGURES[outcome.name].kind == "table" else {".png"})
+        for path in outcome.paths:
+            assert path.exists() and path.stat().st_size > 0
+            assert path.name.startswith(outcome.name)
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("name", [n for n, spec in FIGURES.items() if spec.kind == "figure"])
+def test_figures_draw_something(results, name):
+    spec = FIGURES[name]
+    fig = spec.function(read_results_csv(results / spec.csv))
+    try:
+        assert fig.axes
+        drawn = sum(len(ax.lines) + len(ax.collections) + len(ax.patches) for ax in fig.axes)
+        assert drawn > 0
+    finally:
+        plt.close(fig)
+
+
+def test_table1_matches_hand_calculation(results):
+    table = table_main_and_subnetworks(read_results_csv(results / "measure.csv")).set_index("scheme")
+    measure = measure_rows()
+    ct = measure[measure["run"].isin(["ct-s0", "ct-s1"])]
+    sub = ct[~ct["is_main"]]
+    run_means = sub.groupby("run")["top1"].mean()
+    run_stds = sub.groupby("run")["top1"].std(ddof=0)
+    assert table.loc["CT", "seeds"] == 2
+    assert table.loc["CT", "sub-networks mean"] == pytest.approx(run_means.mean())
+    assert table.loc["CT", "sub-networks std"] == pytest.approx(run_stds.mean())
+    assert table.loc["CT", "sub-networks mean seed std"] == pytest.approx(run_means.std(ddof=1))
+    assert table.loc["CT", "main top-1"] == pytest.approx(ct.loc[ct["is_main"], "top1"].mean())
+    # Full ST is named by its measured space size; the λ=2 run is not at the reference λ.
+    assert list(table.index) == ["CT", "ST-3", "ST-6"]
+    assert table.loc["ST-6", "seeds"] == 2
+    st = measure[measure["run"].isin(["st-s0", "st-s1"]) & measure["is_main"]]
+    assert table.loc["ST-6", "main top-1"] == pytest.approx(st["top1"].mean())
+
+
+def test_table1_single_seed_has_no_seed_std():
+    measure = measure_rows(runs=RUNS[:1] + RUNS[2:3])
+    table = table_main_and_subnetworks(measure).set_index("scheme")
+    assert np.isnan(table.loc["CT", "main top-1 seed std"])
+    assert np.isnan(table.loc["CT", "sub-networks mean seed std"])
+
+
+def test_tabler4_time_ratio_is_ratio_of_summed_seconds(results):
+    table = table_cost(read_results_csv(results / "train_log.csv")).set_index("scheme")
+    log = train_log_rows()
+    seconds = log.groupby("run")["seconds"].sum()
+    ct_time = seconds[["ct-s0", "ct-s1"]].mean()
+    st_time = seconds[["st-s0", "st-s1"]].mean()
+    assert table.loc["CT", "training time (s)"] == pytest.approx(ct_time)
+    assert table.loc["ST", "time vs CT"] == pytest.approx(st_time / ct_time)
+    assert table.loc["CT", "time vs CT"] == pytest.approx(1.0)
+    st_memory = log.loc[log["run"].isin(["st-s0", "st-s1"]), "peak_memory_mib"].max()
+    ct_memory = log.loc[log["run"].isin(["ct-s0", "ct-s1"]), "peak_memory_mib"].max()
+    assert table.loc["ST", "memory vs CT"] == pytest.approx(st_memory / ct_memory)
+    assert "alone" not in table.index
+
+
+def test_reference_lam_is_the_lam_with_most_st_runs():
+    measure = measure_rows()
+    assert reference_lam(measure) == 1.0
+    more_at_two = measure_rows(runs=(
+        ("st-a", "st", 1.0, 0, "", ""), ("st-b", "st", 2.0, 0, "", ""), ("st-c", "st", 2.0, 1, "", ""),
+        ("ct-a", "ct", 5.0, 0, "", ""), ("ct-b", "ct", 5.0, 1, "", ""), ("ct-c", "ct", 5.0, 2, "", "")))
+    assert reference_lam(more_at_two) == 2.0
+    tie = measure_rows(runs=(("st-a", "st", 3.0, 0, "", ""), ("st-b", "st", 0.5, 0, "", "")))
+    assert reference_lam(tie) == 0.5
+    assert reference_lam(measure_rows(runs=RUNS[:2])) is None
+
+
+def test_missing_column_is_a_one_line_error(results, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    read_results_csv(results / "measure.csv").drop(columns=["top1"]).to_csv(broken / "measure.csv", index=False)
+    with pytest.raises(LoafingError) as error:
+        make_figures(broken, tmp_path / "out", ["fig4"])
+    assert "top1" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_csv_is_skipped_with_a_reason(tmp_path):
+    outcomes = make_figures(tmp_path, tmp_path / "out", ["fig6", "table1"])
+    assert [(o.name, o.skipped) for o in outcomes] == [("fig6", "destruct.csv not found"),
+                                                      ("table1", "measure.csv not found")]
+    assert all(o.paths == [] for o in outcomes)
+    assert (tmp_path / "out").is_dir()
+
+
+def test_fig1_skipped_when_no_architecture_is_inside_and_alone(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    measure_rows(runs=RUNS[:4]).to_csv(folder / "measure.csv", index=False)
+    [outcome] = make_figures(folder, tmp_path / "out", ["fig1"])
+    assert outcome.paths == []
+    assert "both inside" in outcome.skipped
+
+
+def test_figure_needing_more_data_is_skipped(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    measure_rows(runs=RUNS[:4]).to_csv(folder / "measure.csv", index=False)
+    [outcome] = make_figures(folder, tmp_path / "out", ["figr3"])
+    assert outcome.skipped is not None and "λ" in outcome.skipped
+
+
+def test_unknown_name_lists_valid_names(results, tmp_path):
+    with pytest.raises(LoafingError) as error:
+        make_figures(results, tmp_path, ["fig99"])
+    message = str(error.value)
+    assert "fig99" in message and all(name in message for name in FIGURES)
+
+
+def test_fig1_across_cifar_resnets_labels_architectures():
+    # A small "resnet" trained on its own whose architecture (depths 1-2) is also a sub-network of a bigger host.
+    small = measure_rows(runs=(("small", "ct", 1.0, 0, "", ""),), model="resnet8-cifar")
+    small = small[small["depths"] == "1-2"].assign(is_main=True)
+    host = measure_rows(runs=(("host", "ct", 1.0, 0, "", ""), ("host-s1", "ct", 1.0, 1, "", "")),
+                        model="resnet12-cifar")
+    fig = plot_inside_vs_alone(pd.concat([small, host], ignore_index=True))
+    try:
+        assert [tick.get_text() for tick in fig.axes[0].get_xticklabels()] == ["ResNet8"]
+        legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert legend_texts == ["trained alone", "inside resnet12-cifar"]
+        assert len(fig.axes[0].patches) >= 2
+    finally:
+        plt.close(fig)
+
+
+def test_several_models_get_one_file_each(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    both = pd.concat([measure_rows(), measure_rows(model="othernet", seed=5)], ignore_index=True)
+    both.to_csv(folder / "measure.csv", index=False)
+    outcomes = make_figures(folder, tmp_path / "out", ["fig4", "fig1"])
+    names = sorted(p.name for o in outcomes for p in o.paths)
+    assert names == ["fig1.png", "fig4-othernet-digits.png", "fig4-toynet-digits.png"]
+
+
+def test_schemes_and_colours():
+    assert run_scheme("ct", np.nan, np.nan) == "CT"
+    assert run_scheme("ct", "[1] [3]", np.nan) == "alone"
+    assert run_scheme("st", np.nan, np.nan) == "ST"
+    assert run_scheme("st", np.nan, 48.0) == "ST-48"
+    assert scheme_colour("ST-48") == scheme_colour("ST-48") != scheme_colour("ST")
+    assert len({scheme_colour(s) for s in ("CT", "ST", "alone", "ST-6", "ST-48")}) == 5
+    with pytest.raises(LoafingError):
+        run_scheme("sgd", np.nan, np.nan)
+    as_text = pd.DataFrame({"is_main": ["True", "False", "false"]})
+    assert is_main(as_text).tolist() == [True, False, False]
+
+
+def test_script_main_prints_paths_and_fails_with_exit_2(results, tmp_path, capsys):
+    script_main("table1", ["--results", str(results), "--out", str(tmp_path)])
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "table1.md"), str(tmp_path / "table1.png")]
+    script_main("fig6", ["--results", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert "skipped: destruct.csv not found" in capsys.readouterr().out
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    read_results_csv(results / "measure.csv").drop(columns=["is_main"]).to_csv(broken / "measure.csv", index=False)
+    with pytest.raises(SystemExit) as exit_info:
+        script_main("fig5", ["--results", str(broken), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "is_main" in capsys.readouterr().err

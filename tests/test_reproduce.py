@@ -1,0 +1,144 @@
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from analyses.presets import get_preset, presets
+from loafing.checkpoint import load_model
+from loafing.data import load_dataset, make_loader, seeded_subset
+from loafing.evaluate import evaluate_plans_one_by_one
+from loafing.figures import FIGURES, make_figures
+from loafing.models import create_model
+from loafing.plans import ordered_space, parse_plan
+from loafing.reproduce import Preset, RunSpec, reproduce
+from loafing.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = TrainConfig(model="resnet20-cifar", epochs=1, lr=0.1, kl_probe_size=64, kl_calib_size=64, kl_plans=4)
+
+
+def tiny_preset(calib_size: int = 128) -> Preset:
+    runs = (RunSpec("ct", dataclasses.replace(BASE, method="ct", kl_every=1), destruct=True),
+            RunSpec("st", dataclasses.replace(BASE, method="st", kl_every=1), destruct=True),
+            RunSpec("alone", dataclasses.replace(BASE, method="ct", plan="[1] [4] [7]")))
+    return Preset("tiny", "test", runs, calib_size=calib_size, max_combos=5, train_images=1347)
+
+
+def mtimes(folder):
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    summary, figures = reproduce(tiny_preset(), out, device="cpu", jobs=2, progress=False)
+    return out, summary, figures
+
+
+def test_reproduce_trains_measures_destructs_and_plots(reproduced):
+    out, summary, figures = reproduced
+    assert summary["trained"].all() and list(summary["run"]) == ["ct", "st", "alone"]
+    measure = pd.read_csv(out / "results" / "measure.csv")
+    assert measure.groupby("run").size().to_dict() == {"ct": 27, "st": 27, "alone": 1}
+    assert measure.loc[measure["run"] == "alone", "trained_plan"].tolist() == ["[1] [4] [7]"]
+    destruct = pd.read_csv(out / "results" / "destruct.csv")
+    assert set(destruct["run"]) == {"ct", "st"} and set(destruct["mode"]) == {"delete-one", "delete-many", "permute"}
+    kl = pd.read_csv(out / "results" / "kl_trajectory.csv")
+    assert kl.groupby("run").size().to_dict() == {"ct": 4, "st": 4}
+    log = pd.read_csv(out / "results" / "train_log.csv")
+    assert sorted(log["run"]) == ["alone", "ct", "st"]
+    made = {f.name for f in figures if not f.skipped}
+    assert {"fig4", "fig6", "fig7", "table1", "tabler4"} <= made
+    assert all((out / "figures" / p.name).stat().st_size > 0 for f in figures for p in f.paths)
+
+    # The collected numbers are the checkpoint's own: recompute the CT run with the reference evaluator.
+    loaded = load_model(out / "runs" / "ct" / "checkpoint.pt")
+    data = load_dataset("digits")
+    plans = ordered_space(loaded.model.layout)[:3]
+    calib = make_loader(seeded_subset(data.train_plain, 128, 0), 256)
+    expected = evaluate_plans_one_by_one(loaded.model, plans, make_loader(data.test, 256), calib,
+                                         torch.device("cpu"), progress=False)
+    got = measure[measure["run"] == "ct"].set_index("plan").loc[[str(p) for p in plans], "top1"]
+    assert got.tolist() == pytest.approx(expected["top1"].tolist(), abs=1e-9)
+
+
+def test_reproduce_reuses_completed_work_and_finishes_interrupted_work(reproduced):
+    out, _, _ = reproduced
+    runs = out / "runs"
+    before = mtimes(runs)
+    first = pd.read_csv(runs / "st" / "measure.csv")
+    (runs / "st" / "measure.csv").unlink()  # as if interrupted before st was measured
+    summary, _ = reproduce(tiny_preset(), out, device="cpu", jobs=1, progress=False)
+    assert not summary["trained"].any()
+    after = mtimes(runs)
+    changed = {p for p in before if before[p] != after.get(p)}
+    assert changed == {runs.joinpath("st", "measure.csv").relative_to(runs)}
+    pd.testing.assert_frame_equal(pd.read_csv(runs / "st" / "measure.csv"), first)
+
+    # Other evaluation settings: the CSVs are recomputed, the checkpoints reused.
+    summary, _ = reproduce(tiny_preset(calib_size=64), out, device="cpu", jobs=1, progress=False)
+    assert not summary["trained"].any()
+    assert set(pd.read_csv(out / "results" / "measure.csv")["calib_size"]) == {64}
+    assert mtimes(runs)[runs.joinpath("ct", "checkpoint.pt").relative_to(runs)] == \
+        before[runs.joinpath("ct", "checkpoint.pt").relative_to(runs)]
+
+
+def test_every_preset_is_valid_for_its_model():
+    for name, preset in presets().items():
+        assert len({r.name for r in preset.runs}) == len(preset.runs), name
+        methods = [(r.config.method, r.config.seed) for r in preset.runs if not r.config.plan]
+        assert ("ct", 0) in methods and ("st", 0) in methods, name
+        for run in preset.runs:
+            if run.config.plan:
+                model = create_model(run.config.model, 10, run.config.width_mult)
+                model.check_plan(parse_plan(run.config.plan))
+                assert parse_plan(run.config.plan) != model.layout.main_plan
+    quick = get_preset("quick")
+    assert {r.config.seed for r in quick.runs if r.config.method == "ct" and not r.config.plan} == {0, 1}
+    assert {r.config.space_size for r in quick.runs} == {None, 6, 48}
+    assert len({r.config.lam for r in quick.runs if r.config.method == "st"}) >= 3
+
+
+def test_cli_dry_run_and_bad_preset(run_cli, tmp_path):
+    code, out, _ = run_cli("reproduce", "--preset", "paper-mbv3-cifar100", "--dry-run")
+    assert code == 0
+    preset = get_preset("paper-mbv3-cifar100")
+    assert all(r.name in out for r in preset.runs) and "GPU-hours" in out
+    code, out, err = run_cli("reproduce", "--preset", "nope", "--out", tmp_path / "x")
+    assert code == 2 and "unknown preset 'nope'" in err and "quick" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    code, _, err = run_cli("reproduce", "--preset", "paper-mbv3-cifar10",
+                           "--data-dir", tmp_path / "missing", "--out", tmp_path / "y")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "y").exists()
+    code, _, err = run_cli("figures", "--results", tmp_path / "none", "--out", tmp_path / "f")
+    assert code == 2 and "does not exist" in err
+
+
+def test_every_figure_regenerates_from_the_committed_quick_results(tmp_path):
+    results = ROOT / "results" / "quick"
+    outcomes = make_figures(results, tmp_path)
+    assert [o.name for o in outcomes if o.skipped] == []
+    assert {o.name for o in outcomes} == set(FIGURES)
+    assert all(p.stat().st_size > 0 for o in outcomes for p in o.paths)
+
+
+@pytest.mark.slow
+def test_quick_preset_shows_the_papers_qualitative_results(tmp_path):
+    reproduce(get_preset("quick"), tmp_path, device="cpu", progress=False)
+    results = tmp_path / "results"
+    measure = pd.read_csv(results / "measure.csv")
+    full = measure[measure["trained_plan"].isna() & measure["space_size"].isna() & (measure["lam"] == 1.0)]
+    subs = full[~full["is_main"]].groupby("method")["top1"]
+    assert subs.mean()["st"] >= subs.mean()["ct"] + 4 and subs.std()["st"] <= subs.std()["ct"] / 2
+    destruct = pd.read_csv(results / "destruct.csv")
+    drops = destruct[destruct["n"] > 0].groupby(["mode", "n", "method"])["drop"].median().unstack()
+    deletions = drops.loc[["delete-one", "delete-many"]]
+    assert (deletions["st"] <= deletions["ct"]).all() and (deletions["st"] < deletions["ct"]).mean() > 0.8, drops
+    kl = pd.read_csv(results / "kl_trajectory.csv")
+    last = kl[~kl["is_main"] & (kl["epoch"] == kl["epoch"].max())].groupby("method")["kl"].median()
+    assert last["st"] <= last["ct"] / 3
+    alone = measure[measure["trained_plan"].notna()].set_index("plan")["top1"]
+    inside_ct = full[full["method"] == "ct"].groupby("plan")["top1"].mean()
+    assert (alone > inside_ct[alone.index]).all()  # loafing: worse inside than alone
