@@ -42,7 +42,8 @@ def cli() -> None:
               help="ST: sample from a seeded subset of this many ordered plans (always the smallest and the main).")
 @click.option("--space-seed", type=int, default=0, help="Seed choosing the restricted space's plans.")
 @click.option("--st-step", default="shared",
-              help="shared (blocks main and sub-network share run once) | simple (two full forwards).")
+              help="shared (common prefix once, then the blocks both networks run on the two batches stacked) | "
+              "simple (two full forwards).")
 @click.option("--kl-every", type=int, default=0,
               help="Every N epochs (and at the end) record each plan's KL to the main network; 0: off.")
 @click.option("--kl-plans", type=int, default=None, help="Record KL for a seeded sample of this many plans.")

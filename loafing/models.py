@@ -12,6 +12,7 @@ from loafing.bn import frozen_bn_stats
 from loafing.conv import crop_conv_kernels
 from loafing.errors import LoafingError
 from loafing.plans import Layout, Plan, validate_plan
+from loafing.segments import make_segment_aware, stacked_batches
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +28,7 @@ class StagedModel(nn.Module):
     def __init__(self, net: nn.Module, blocks: Sequence[nn.Module], stage_sizes: Sequence[int],
                  skippable: Sequence[bool], mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.net = crop_conv_kernels(net)
+        self.net = make_segment_aware(crop_conv_kernels(net))
         # A plain tuple keeps the blocks out of the state dict: they are already registered under `net`.
         self._blocks = tuple(blocks)
         stages, start = [], 1
@@ -89,28 +90,38 @@ class StagedModel(nn.Module):
         return self.head(x)
 
     def forward_with_subnetwork(self, x: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-        """Main and `plan` logits in one graph: the blocks both run first are computed once.
+        """Main and `plan` logits in one graph, the same as two separate forwards in train mode.
 
-        In train mode BN normalizes with batch statistics, so the shared prefix gives the sub-network
-        exactly what its own forward would. Only the main network updates running statistics.
+        Blocks on the common prefix run once. After that, every block both networks run (for an
+        ordered sub-network: all of its blocks, and the head) runs once on the two batches stacked,
+        each half normalized by BN with its own batch statistics. Only the main network updates
+        running statistics.
         """
         self.check_plan(plan)
-        main_seq, sub_seq = self.layout.main_plan.sequence(), plan.sequence()
-        shared = 0
-        while shared < min(len(main_seq), len(sub_seq)) and main_seq[shared] == sub_seq[shared]:
-            shared += 1
-        h = self.stem(x)
-        for b in main_seq[:shared]:
-            h = self._blocks[b - 1](h)
-        branch = h
-        for b in main_seq[shared:]:
-            h = self._blocks[b - 1](h)
-        main_logits = self.head(h)
-        with frozen_bn_stats(self):
-            for b in sub_seq[shared:]:
-                branch = self._blocks[b - 1](branch)
-            sub_logits = self.head(branch)
-        return main_logits, sub_logits
+        sub_seq = plan.sequence()
+        n = x.shape[0]
+        main = sub = self.stem(x)
+        stacked = None  # torch.cat([main, sub]) while consecutive blocks run on both
+        i = 0  # position of the sub-network's next block
+        for b in self.layout.main_plan.sequence():
+            block = self._blocks[b - 1]
+            if i < len(sub_seq) and sub_seq[i] == b:
+                i += 1
+                if main is sub:
+                    main = sub = block(main)
+                    continue
+                with stacked_batches(n):
+                    stacked = block(torch.cat([main, sub]) if stacked is None else stacked)
+                main, sub = stacked[:n], stacked[n:]
+            else:
+                main, stacked = block(main), None
+        with frozen_bn_stats(self):  # blocks of a plan that reorders the main network's
+            for b in sub_seq[i:]:
+                sub, stacked = self._blocks[b - 1](sub), None
+        # The head always runs stacked, even on one shared input: each network draws its own dropout.
+        with stacked_batches(n):
+            logits = self.head(torch.cat([main, sub]) if stacked is None else stacked)
+        return logits[:n], logits[n:]
 
 
 # ---------------------------------------------------------------- CIFAR ResNets (He et al., option A)

@@ -108,7 +108,7 @@ def st_step_simple(model: StagedModel, x: torch.Tensor, y: torch.Tensor, ctx: St
 
 
 def st_step_shared(model: StagedModel, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepResult:
-    """ST with the blocks main and sub-network share run once (same loss and gradients as the simple step)."""
+    """ST in one graph: the common prefix once, later shared blocks on both batches stacked (same loss and gradients)."""
     main_logits, sub_logits = model.forward_with_subnetwork(x, ctx.sample_plan())
     ce = F.cross_entropy(main_logits, y)
     kl = kl_to_teacher(sub_logits, main_logits)

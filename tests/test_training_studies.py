@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from loafing.checkpoint import load_model
+from loafing.destruct import delete_many, permute
 from loafing.measure import measure_plans
 from loafing.models import create_model
 from loafing.plans import ordered_space, parse_plan, restricted_ordered_space, sample_ordered_plan
@@ -22,6 +23,8 @@ def test_shared_st_step_gives_the_gradients_of_the_simple_step(name, kwargs):
     base = create_model(name, 10, **kwargs).train()
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
     plans = [sample_ordered_plan(base.layout, random.Random(s)) for s in range(6)] + [base.layout.main_plan]
+    # Plans that leave the main network mid-stage and rejoin it, or reorder it, exercise the other paths.
+    plans += [delete_many(base.layout, 1, seed=0)[1].plan, permute(base.layout, 1, seed=0)[-1].plan]
     for plan in plans:
         results = {}
         for step in (st_step_simple, st_step_shared):
