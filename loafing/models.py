@@ -93,7 +93,7 @@ class StagedModel(nn.Module):
         """Main and `plan` logits in one graph, the same as two separate forwards in train mode.
 
         Blocks on the common prefix run once. After that, every block both networks run (for an
-        ordered sub-network: all of its blocks, and the head) runs once on the two batches stacked,
+        ordered sub-network: all of its remaining blocks, and the head) runs once on the two batches stacked,
         each half normalized by BN with its own batch statistics. Only the main network updates
         running statistics.
         """
@@ -118,7 +118,7 @@ class StagedModel(nn.Module):
         with frozen_bn_stats(self):  # blocks of a plan that reorders the main network's
             for b in sub_seq[i:]:
                 sub, stacked = self._blocks[b - 1](sub), None
-        # The head always runs stacked, even on one shared input: each network draws its own dropout.
+        # The head always runs stacked, even on one shared input, so each half gets its own dropout mask.
         with stacked_batches(n):
             logits = self.head(torch.cat([main, sub]) if stacked is None else stacked)
         return logits[:n], logits[n:]
