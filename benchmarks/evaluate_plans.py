@@ -9,8 +9,6 @@ largest logit difference, and the peak memory of phase 2 at two plan counts (eac
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import time
 
 import torch
@@ -21,6 +19,8 @@ from loafing.evaluate import plan_logits_one_by_one
 from loafing.models import create_model
 from loafing.plan_tree import PlanTreeEvaluator, count_block_nodes, own_bn_tensors
 from loafing.plans import ordered_space
+
+from cpu_memory import peak_rss_mib, rss_mib, spawn_context
 
 CASES = (("resnet56-cifar", 1.0), ("mobilenet_v3_large", 1.0))
 
@@ -79,11 +79,6 @@ def compare(name: str, width_mult: float, args, device: torch.device) -> dict:
             "tree_s": tree_s, "max_diff": max_diff}
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def phase2_peak(name: str, width_mult: float, n_plans: int, args, queue) -> None:
     """In a fresh process: peak memory added by phase 2 (evaluation) for the last n_plans ordered plans.
 
@@ -105,7 +100,7 @@ def phase2_peak(name: str, width_mult: float, n_plans: int, args, queue) -> None
         else:
             base = rss_mib()
             evaluator.evaluate(test_loader)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            peak = peak_rss_mib()
             queue.put(("peak RSS above start", peak - base))
 
 
@@ -129,7 +124,7 @@ def main() -> None:
         print(f"{r['model']:20s} {r['plans']:5d} {blocks:>40s} {r['one_by_one_s']:12.2f} {r['tree_s']:8.2f} "
               f"{r['one_by_one_s'] / r['tree_s']:7.1f}x {r['max_diff']:12.2e}", flush=True)
 
-    ctx = mp.get_context("spawn")
+    ctx = spawn_context()
     for name, width in CASES:
         total = len(ordered_space(create_model(name, 10, width).layout))
         for n in (max(total // 27, 1), total):

@@ -16,9 +16,7 @@ the spread of the per-round ratios to show the machine's noise.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import random
-import resource
 import statistics
 import time
 
@@ -28,6 +26,8 @@ from loafing.data import load_digits_splits, make_loader
 from loafing.models import create_model
 from loafing.plans import ordered_space
 from loafing.train import StepContext, ct_step, st_step_shared, st_step_simple
+
+from cpu_memory import peak_rss_mib, rss_mib, spawn_context
 
 STEPS = {"ct": ct_step, "st-simple": st_step_simple, "st-shared": st_step_shared}
 
@@ -65,11 +65,6 @@ def run_steps(name, start, n, device, model, optimizer, batches, plans) -> float
     return (time.perf_counter() - begin) / n
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def peak_memory(name, args, queue) -> None:
     """In a fresh process: peak memory of `name`'s steps above the state after one warm-up CT step."""
     device, model, optimizer, batches, plans = setup(args)
@@ -83,7 +78,7 @@ def peak_memory(name, args, queue) -> None:
     else:
         base = rss_mib()
         run_steps(name, 0, n, device, model, optimizer, batches, plans)
-        queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+        queue.put(peak_rss_mib() - base)
 
 
 def main() -> None:
@@ -109,7 +104,7 @@ def main() -> None:
         for name in STEPS:
             times[name].append(run_steps(name, r * args.steps, args.steps, device, model, optimizer, batches, plans))
 
-    ctx_mp = mp.get_context("spawn")
+    ctx_mp = spawn_context()
     memory = {}
     for name in STEPS:
         queue = ctx_mp.Queue()
