@@ -93,9 +93,9 @@ class StagedModel(nn.Module):
         """Main and `plan` logits in one graph, the same as two separate forwards in train mode.
 
         Blocks on the common prefix run once. After that, every block both networks run (for an
-        ordered sub-network: all of its remaining blocks, and the head) runs once on the two batches stacked,
-        each half normalized by BN with its own batch statistics. Only the main network updates
-        running statistics.
+        ordered sub-network: all of its remaining blocks, and the head) runs once on the two
+        batches stacked, each half normalized by BN with its own batch statistics. Only the main
+        network updates running statistics.
         """
         self.check_plan(plan)
         sub_seq = plan.sequence()
