@@ -16,6 +16,7 @@ the spread of the per-round ratios to show the machine's noise.
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import time
@@ -23,13 +24,15 @@ import time
 import torch
 
 from loafing.data import load_digits_splits, make_loader
+from loafing.methods import ct_loss, st_loss_shared, st_loss_simple
 from loafing.models import create_model
 from loafing.plans import ordered_space
-from loafing.train import StepContext, ct_step, st_step_shared, st_step_simple
 
 from cpu_memory import peak_rss_mib, rss_mib, spawn_context
 
-STEPS = {"ct": ct_step, "st-simple": st_step_simple, "st-shared": st_step_shared}
+STEPS = {"ct": lambda model, x, y, plan: ct_loss(model, x, y),
+         "st-simple": lambda model, x, y, plan: st_loss_simple(model, x, y, plan, 1.0),
+         "st-shared": lambda model, x, y, plan: st_loss_shared(model, x, y, plan, 1.0)}
 
 
 def setup(args):
@@ -55,8 +58,7 @@ def run_steps(name, start, n, device, model, optimizer, batches, plans) -> float
     begin = time.perf_counter()
     for i in range(start, start + n):
         x, y = batches[i % len(batches)]
-        ctx = StepContext(1.0, lambda: plans[i % len(plans)])
-        loss = step(model, x, y, ctx).loss
+        loss = step(model, x, y, plans[i % len(plans)]).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -81,6 +83,21 @@ def peak_memory(name, args, queue) -> None:
         queue.put(peak_rss_mib() - base)
 
 
+def check_same_losses(model, batches, plans, checked: int = 8) -> float:
+    """Both ST steps on the same batch and plan (same dropout masks): the largest loss difference, checked <= 1e-5."""
+    largest = 0.0
+    for i in range(checked):
+        x, y = batches[i % len(batches)]
+        losses = []
+        for name in ("st-simple", "st-shared"):
+            torch.manual_seed(i)
+            losses.append(STEPS[name](copy.deepcopy(model), x, y, plans[i]).loss.item())
+        largest = max(largest, abs(losses[0] - losses[1]))
+    if largest > 1e-5:
+        raise AssertionError(f"the two ST steps give losses {largest:.2e} apart on the same batch and plan")
+    return largest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mobilenet_v3_large")
@@ -93,10 +110,12 @@ def main() -> None:
     args = parser.parse_args()
 
     device, model, optimizer, batches, plans = setup(args)
+    same = check_same_losses(model, batches, plans)
     layout = "channels-last" if args.channels_last else "NCHW"
     print(f"{args.model} x{args.width_mult}, digits, batch {args.batch_size}, {layout}, device {device}, "
           f"torch threads {torch.get_num_threads()}, {args.rounds} rounds x {args.steps} steps, "
-          f"{len(plans)} ordered plans cycled")
+          f"{len(plans)} ordered plans cycled; the ST steps' losses on the same batches and plans agree within "
+          f"{same:.1e} (checked <= 1e-5)")
     for name in STEPS:  # warm-up
         run_steps(name, 0, 3, device, model, optimizer, batches, plans)
     times = {name: [] for name in STEPS}

@@ -9,7 +9,7 @@ import torch
 
 from loafing.errors import LoafingError
 from loafing.io import save_torch
-from loafing.models import IMAGENET_MEAN, IMAGENET_STD, StagedModel, create_model
+from loafing.models import StagedModel, create_model, get_spec
 
 FORMAT = "loafing-checkpoint"
 FORMAT_VERSION = 1
@@ -76,11 +76,6 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], what: str)
     module.load_state_dict(state_dict)
 
 
-def _infer_num_classes(state_dict: dict[str, Any]) -> int | None:
-    for key in ("linear.weight", "fc.weight", "classifier.3.weight"):
-        if key in state_dict:
-            return int(state_dict[key].shape[0])
-    return None
 
 
 def load_model(path: str | Path, model_name: str | None = None, width_mult: float = 1.0,
@@ -109,12 +104,12 @@ def load_model(path: str | Path, model_name: str | None = None, width_mult: floa
     if not model_name:
         raise LoafingError(f"checkpoint {str(path)!r} is a foreign {source} state dict: pass --model")
     state_dict = _strip_prefix(state_dict, "module.")
-    classes = num_classes or _infer_num_classes(state_dict)
-    if classes is None:
-        raise LoafingError(f"cannot tell the number of classes of {str(path)!r}: no classifier weight found")
-    model = create_model(model_name, classes, width_mult)
+    classifier = get_spec(model_name).classifier_key
+    if not num_classes and classifier not in state_dict:
+        raise LoafingError(f"cannot tell the number of classes of {str(path)!r}: no {classifier!r} in it")
+    classes = num_classes or int(state_dict[classifier].shape[0])
+    model = create_model(model_name, classes, width_mult)  # with the spec's default input normalization
     load_weights(model.net, state_dict, f"checkpoint {str(path)!r}")
-    model.set_normalization(IMAGENET_MEAN, IMAGENET_STD)
     config = {"model": model_name, "width_mult": width_mult, "num_classes": classes, "method": "external",
               "source": source, "run": Path(path).stem}
     return LoadedModel(model.eval(), config, source)

@@ -1,15 +1,92 @@
-"""The `loafing` command line: thin wrappers over the library; errors are one line and exit code 2."""
+"""The `loafing` command line: thin wrappers over the library; errors are one line and exit code 2.
+
+Choices come from the registries (models, data sets, methods, spaces, presets, figures) when they are
+used, and `loafing train`'s options are generated from TrainConfig, the one source of their defaults.
+"""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
+import types
+import typing
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import click
 
+from loafing.config import AT_LEAST_1, Range, TrainConfig, check_choice, check_number, config_fields
 from loafing.errors import LoafingError
 
-SPACE_NAMES = ("ordered", "uniform")
+
+class RegistryChoice(click.Choice):
+    """click.Choice over a registry's names, read when they are needed (so later registrations count)."""
+
+    def __init__(self, what: str, names: Callable[[], Sequence[str]]) -> None:
+        self.what, self.names, self.case_sensitive = what, names, True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self.names())
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        check_choice(self.what, value, list(self.choices))
+        return value
+
+
+class CheckedNumber(click.ParamType):
+    """An int or float that must be finite and in a range; out-of-range values get the config's one-line error."""
+
+    def __init__(self, kind: type, allowed: Range | None) -> None:
+        self.kind, self.allowed = kind, allowed
+        self.name = kind.__name__
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = (click.INT if self.kind is int else click.FLOAT).convert(value, param, ctx)
+        check_number(param.opts[0] if param else "value", number, self.allowed)
+        return number
+
+
+def _registry(what: str, module: str, attribute: str) -> RegistryChoice:
+    """A RegistryChoice over `module.attribute`'s keys, imported only when the names are needed."""
+    def names() -> list[str]:
+        import importlib
+        return list(getattr(importlib.import_module(module), attribute))
+    return RegistryChoice(what, names)
+
+
+def _base_type(annotation: Any) -> type:
+    """int for `int | None`, and so on."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def config_options(names: Sequence[str] | None = None) -> Callable:
+    """click options generated from TrainConfig fields (all that the CLI shows, or `names`): its help, defaults,
+    choices and ranges."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields = [f for f in config_fields() if f.metadata["cli"] and (names is None or f.name in names)]
+
+    def decorate(command: Callable) -> Callable:
+        for f in reversed(fields):
+            kind, flag = _base_type(hints[f.name]), "--" + f.name.replace("_", "-")
+            meta = f.metadata
+            if kind is bool:
+                command = click.option(flag, is_flag=True, default=f.default, help=meta["help"])(command)
+                continue
+            if meta["choices"] is not None:
+                param_type: click.ParamType = RegistryChoice(meta["what"], meta["choices"])
+            elif kind in (int, float):
+                param_type = CheckedNumber(kind, meta["range"])
+            else:
+                param_type = click.STRING
+            command = click.option(flag, type=param_type, default=f.default, help=meta["help"])(command)
+        return command
+    return decorate
+
+
+POSITIVE_INT = CheckedNumber(int, AT_LEAST_1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -18,73 +95,44 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--model", default="mobilenet_v3_large", help="Registered model name (see `loafing models`).")
-@click.option("--width-mult", type=float, default=1.0, help="Width multiplier (mobilenet_v3_large).")
-@click.option("--dataset", default="digits", help="digits | cifar10 | cifar100 | imagefolder.")
-@click.option("--data-dir", default=None, help="Folder holding the data set.")
-@click.option("--download", is_flag=True, help="Download the data set if missing (needs network).")
-@click.option("--method", default="ct", help="ct (common training) | st (stimulative training).")
-@click.option("--lam", type=float, default=1.0, help="ST: weight of the KL loss (paper Eq. 1).")
-@click.option("--epochs", type=int, default=30)
-@click.option("--batch-size", type=int, default=64)
-@click.option("--lr", type=float, default=0.05, help="Initial learning rate (cosine decay to 0).")
-@click.option("--weight-decay", type=float, default=3e-5)
-@click.option("--momentum", type=float, default=0.9)
-@click.option("--bn-momentum", type=float, default=None,
-              help="BN running-statistics momentum; default: the model's own (MobileNetV3: 0.01).")
-@click.option("--channels-last", is_flag=True,
-              help="Train with NHWC activations (about 2x faster on CPU for MobileNetV3).")
-@click.option("--seed", type=int, default=0)
-@click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N.")
-@click.option("--workers", type=int, default=0, help="DataLoader worker processes.")
-@click.option("--plan", default=None, help='Train this sub-network alone (CT), e.g. "[1] [3,4] [6,7,8] [10] [12,13]".')
-@click.option("--space-size", type=int, default=None,
-              help="ST: sample from a seeded subset of this many ordered plans (always the smallest and the main).")
-@click.option("--space-seed", type=int, default=0, help="Seed choosing the restricted space's plans.")
-@click.option("--st-step", default="shared",
-              help="shared (common prefix once, then the blocks both networks run on the two batches stacked) | "
-              "simple (two full forwards).")
-@click.option("--kl-every", type=int, default=0,
-              help="Every N epochs (and at the end) record each plan's KL to the main network; 0: off.")
-@click.option("--kl-plans", type=int, default=None, help="Record KL for a seeded sample of this many plans.")
-@click.option("--kl-probe-size", type=int, default=500, help="Test images of the fixed KL probe set.")
-@click.option("--kl-calib-size", type=int, default=500, help="Training images recalibrating BN for the KL.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder to write.")
+@config_options()
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue the interrupted run in this folder (its saved configuration is used).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(overwrite: bool, quiet: bool, resume_dir: str | None, **options) -> None:
-    """Train a network with CT or ST; writes checkpoint.pt, train_log.csv and config.json to --out."""
-    from loafing.train import TrainConfig, load_config, train as run_training
+    """Train a network with a registered method; writes checkpoint.pt, train_log.csv and config.json to --out."""
+    from loafing.train import load_config, train as run_training
 
     if resume_dir:
-        config = load_config(resume_dir)
-        config.out = resume_dir
-    elif not options["out"]:
-        raise LoafingError("--out is required (or --resume DIR)")
+        config = dataclasses.replace(load_config(resume_dir), out=resume_dir)
     else:
         config = TrainConfig(**options)
     log = run_training(config, progress=not quiet, overwrite=overwrite, resume=bool(resume_dir))
     last = log.iloc[-1]
     click.echo(f"{config.method} {config.model}: epoch {int(last['epoch'])}, test top-1 "
-               f"{last['test_top1']:.2f}%, {log['seconds'].sum():.0f} s training -> {config.out}")
+               f"{last['test_top1_recalibrated']:.2f}% (BN recalibrated), {log['seconds'].sum():.0f} s training "
+               f"-> {config.out}")
 
 
-def evaluation_options(f):
+def evaluation_options(f: Callable) -> Callable:
     """Options shared by the commands that evaluate plans of a checkpoint."""
     options = [
-        click.option("--ckpt", required=True, help="Checkpoint: loafing's own, akamaster CIFAR ResNet, or torchvision."),
-        click.option("--model", default=None, help="Model name; required for foreign checkpoints."),
-        click.option("--width-mult", type=float, default=1.0, help="Width multiplier of a foreign checkpoint."),
-        click.option("--dataset", default=None,
-                     help="digits | cifar10 | cifar100 | imagefolder (default: the checkpoint's, else digits)."),
+        click.option("--ckpt", required=True,
+                     help="Checkpoint: loafing's own, akamaster CIFAR ResNet, or torchvision."),
+        click.option("--model", type=_registry("model", "loafing.models", "MODELS"), default=None,
+                     help="Model; required for foreign checkpoints."),
+        click.option("--width-mult", type=CheckedNumber(float, Range(0, low_open=True)), default=1.0,
+                     help="Width multiplier of a foreign checkpoint."),
+        click.option("--dataset", type=_registry("dataset", "loafing.data", "DATASETS"), default=None,
+                     help="Data set (default: the checkpoint's, else digits)."),
         click.option("--data-dir", default=None, help="Folder holding the data set."),
         click.option("--download", is_flag=True, help="Download the data set if missing (needs network)."),
-        click.option("--calib-size", type=int, default=2000, help="Training images used for BN recalibration."),
+        click.option("--calib-size", type=POSITIVE_INT, default=2000,
+                     help="Training images used for BN recalibration."),
         click.option("--no-recalibrate", is_flag=True, help="Evaluate with the stored BN statistics."),
         click.option("--seed", type=int, default=0, help="Seed choosing the calibration subset (and samples)."),
-        click.option("--batch-size", type=int, default=256),
+        click.option("--batch-size", type=POSITIVE_INT, default=256),
         click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N."),
         click.option("--out", required=True, help="CSV file to write."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -95,14 +143,12 @@ def evaluation_options(f):
 
 
 def load_for_evaluation(ckpt: str, model: str | None, width_mult: float, dataset: str | None,
-                        data_dir: str | None, download: bool, calib_size: int, device: str):
-    """Check the shared options, then load the checkpoint and the data set it is evaluated on."""
+                        data_dir: str | None, download: bool, device: str):
+    """Load the checkpoint and the data set it is evaluated on."""
     from loafing.checkpoint import load_model
     from loafing.data import load_dataset
     from loafing.evaluate import resolve_device
 
-    if calib_size < 1:
-        raise LoafingError("--calib-size must be at least 1")
     torch_device = resolve_device(device)
     loaded = load_model(ckpt, model, width_mult)
     dataset = dataset or loaded.config.get("dataset") or "digits"
@@ -115,27 +161,24 @@ def load_for_evaluation(ckpt: str, model: str | None, width_mult: float, dataset
 
 @cli.command()
 @evaluation_options
-@click.option("--space", default="ordered", help="Plans to evaluate: ordered | uniform.")
+@click.option("--space", type=_registry("space", "loafing.plans", "SPACES"), default="ordered",
+              help="Plans to evaluate.")
 @click.option("--plan", "plan_texts", multiple=True, help="Evaluate this plan (repeatable) instead of --space.")
 def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None, data_dir: str | None,
             download: bool, calib_size: int, no_recalibrate: bool, seed: int, batch_size: int, device: str,
             out: str, quiet: bool, space: str, plan_texts: tuple[str, ...]) -> None:
     """Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV."""
-    from loafing.io import write_csv
-    from loafing.measure import measure_plans, summarize_measure, trained_plan
-    from loafing.plans import get_space, parse_plan
+    from loafing.measure import measure_plans, plans_to_measure, summarize_measure
+    from loafing.plans import parse_plan
+    from loafing.schema import write_table
 
-    if space not in SPACE_NAMES:
-        raise LoafingError(f"unknown space {space!r}; valid choices: {', '.join(SPACE_NAMES)}")
     plans = [parse_plan(text) for text in plan_texts]
-    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download,
-                                                     calib_size, device)
-    alone = trained_plan(loaded)
-    plans = plans or ([alone] if alone else get_space(space, loaded.model.layout))
+    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download, device)
+    plans = plans or plans_to_measure(loaded, space)
     df = measure_plans(loaded, plans, data, calib_size=calib_size, recalibrate=not no_recalibrate, seed=seed,
-                       batch_size=batch_size, device=torch_device, progress=not quiet)
-    df["space"] = "plans" if plan_texts or alone else space
-    write_csv(df, out)
+                       batch_size=batch_size, device=torch_device, progress=not quiet,
+                       space="plans" if plan_texts or len(plans) == 1 else space)
+    write_table(df, out, "measure")
     s = summarize_measure(df)
     click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {len(df)} plans on {data.name} -> {out}")
     line = f"main top-1 {s['main_top1']:.2f}%"
@@ -147,22 +190,22 @@ def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None
 
 @cli.command()
 @evaluation_options
-@click.option("--mode", required=True, help="delete-one | delete-many | permute.")
-@click.option("--max-combos", type=int, default=200,
+@click.option("--mode", required=True, type=_registry("mode", "loafing.destruct", "MODES"),
+              help="What to do to the layers.")
+@click.option("--max-combos", type=POSITIVE_INT, default=200,
               help="Per number of deleted layers / swaps, evaluate at most this many (a seeded sample).")
 def destruct(ckpt: str, model: str | None, width_mult: float, dataset: str | None, data_dir: str | None,
              download: bool, calib_size: int, no_recalibrate: bool, seed: int, batch_size: int, device: str,
              out: str, quiet: bool, mode: str, max_combos: int) -> None:
     """Delete or permute layers and measure the accuracy drop of every destroyed network."""
     from loafing.destruct import destruct as run_destruct, summarize_drops
-    from loafing.io import write_csv
+    from loafing.schema import write_table
 
-    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download,
-                                                     calib_size, device)
+    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download, device)
     df = run_destruct(loaded, data, mode, max_combos=max_combos, calib_size=calib_size,
                       recalibrate=not no_recalibrate, seed=seed, batch_size=batch_size, device=torch_device,
                       progress=not quiet)
-    write_csv(df, out)
+    write_table(df, out, "destruct")
     main_top1 = df.loc[df["is_main"], "top1"].iloc[0]
     click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {mode}: {len(df) - 1} destroyed "
                f"networks on {data.name}, main top-1 {main_top1:.2f}% -> {out}")
@@ -173,7 +216,8 @@ def destruct(ckpt: str, model: str | None, width_mult: float, dataset: str | Non
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results/quick",
               help="Folder of tidy CSVs (measure.csv, destruct.csv, kl_trajectory.csv, train_log.csv).")
 @click.option("--out", type=click.Path(file_okay=False), default="figures/quick", help="Folder for the PNGs.")
-@click.option("--only", multiple=True, help="Make only these figures (repeatable), e.g. --only fig4.")
+@click.option("--only", multiple=True, type=_registry("figure", "loafing.figures", "FIGURES"),
+              help="Make only these figures (repeatable), e.g. --only fig4.")
 def figures(results_dir: str, out: str, only: tuple[str, ...]) -> None:
     """Make every figure and table of the paper whose CSVs are present; say which were skipped and why."""
     from loafing.figures import make_figures
@@ -186,43 +230,45 @@ def figures(results_dir: str, out: str, only: tuple[str, ...]) -> None:
 def echo_figures(outcomes) -> None:
     """One line per figure: the files written, or why it was skipped."""
     for outcome in outcomes:
+        label = f"{outcome.name} ({outcome.group})" if outcome.group else outcome.name
         if outcome.skipped:
-            click.echo(f"  {outcome.name:8s} skipped: {outcome.skipped}")
+            click.echo(f"  {label:8s} skipped: {outcome.skipped}")
         else:
-            click.echo(f"  {outcome.name:8s} {', '.join(str(p) for p in outcome.paths)}")
+            click.echo(f"  {label:8s} {', '.join(str(p) for p in outcome.paths)}")
 
 
-@cli.command()
-@click.option("--preset", required=True, help="quick | paper-mbv3-cifar10 | paper-mbv3-cifar100 | "
-              "paper-resnet50-cifar100 | paper-resnet50-imagenet (analyses/presets.py).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for runs/, results/ and figures/ [default: reproduce/PRESET].")
-@click.option("--data-dir", default=None, help="Folder holding the data set (paper presets).")
-@click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N.")
-@click.option("--jobs", type=int, default=None,
-              help="Runs trained in parallel [default: up to 4 on CPU, each with its share of the cores; 1 on GPU].")
-@click.option("--dry-run", is_flag=True, help="List the runs and their rough cost; train nothing.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def reproduce(preset: str, out: str | None, data_dir: str | None, device: str, jobs: int | None, dry_run: bool,
+def orchestration_options(f: Callable) -> Callable:
+    """Options of the commands that run a study through the orchestrator."""
+    options = [
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help="Folder for runs/, results/ and figures/ [default: reproduce/PRESET]."),
+        click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N."),
+        click.option("--jobs", type=POSITIVE_INT, default=None,
+                     help="Runs trained in parallel [default: up to 4 on CPU, each with its share of the cores; "
+                     "1 on GPU]."),
+        click.option("--dry-run", is_flag=True, help="List the runs and their rough cost; train nothing."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def run_study(study, out: str | None, data_dir: str | None, device: str, jobs: int | None, dry_run: bool,
               quiet: bool) -> None:
-    """Run a study definition end to end: training, measure, destruct, KL trajectories, figures."""
-    import pandas as pd
-
-    from analyses.presets import get_preset
+    """Describe (--dry-run) or run a study definition through the orchestrator and report what it did."""
     from loafing.reproduce import describe_plan, reproduce as run_preset
 
-    study = get_preset(preset)
-    if jobs is not None and jobs < 1:
-        raise LoafingError("--jobs must be at least 1")
     if dry_run:
         plan = describe_plan(study)
         click.echo(f"{study.name}: {study.description}; {len(plan)} runs")
         click.echo(plan.to_string(index=False))
-        total = pd.to_numeric(plan["image_passes"]).sum()
-        line = f"rough cost: {total:.3g} image passes (ST counted 1.4x CT, the paper's Table r4 ratio)"
-        if "paper_gpu_hours" in plan:
-            line += f", about {plan['paper_gpu_hours'].sum():.0f} GPU-hours at the paper's pace"
-        click.echo(line)
+        if "image_passes" in plan:
+            line = (f"rough cost: {plan['image_passes'].astype(float).sum():.3g} image passes (each method at its "
+                    "cost relative to CT; ST 1.4x, the paper's Table r4)")
+            if "paper_gpu_hours" in plan:
+                line += f", about {plan['paper_gpu_hours'].sum():.0f} GPU-hours at the paper's pace"
+            click.echo(line)
         return
     out = out or str(Path("reproduce") / study.name)
     start = time.perf_counter()
@@ -235,14 +281,72 @@ def reproduce(preset: str, out: str | None, data_dir: str | None, device: str, j
 
 
 @cli.command()
-def models() -> None:
-    """List the registered models with their stage sizes and skippable blocks."""
-    from loafing.models import MODELS, create_model
+@click.option("--preset", required=True, type=_registry("preset", "loafing.analyses", "PRESETS"),
+              help="Study definition (loafing/analyses/).")
+@click.option("--data-dir", default=None, help="Folder holding the data set (paper presets).")
+@orchestration_options
+def reproduce(preset: str, data_dir: str | None, **options) -> None:
+    """Run a study definition end to end: training, measure, destruct, KL trajectories, figures."""
+    from loafing.analyses import get_preset
 
-    for name in MODELS:
-        layout = create_model(name, 10).layout
-        click.echo(f"{name:22s} stages {'-'.join(map(str, layout.stage_sizes)):10s} "
-                   f"main plan {layout.main_plan} | skippable {sorted(layout.skippable)}")
+    run_study(get_preset(preset), data_dir=data_dir, **options)
+
+
+@cli.command("lambda-ablation")
+@click.option("--lams", default="0.5,1,2,5", help="Comma-separated λ values of the ST runs.")
+@click.option("--seeds", default="0", help="Comma-separated seeds (CT and every λ per seed).")
+@config_options(("model", "width_mult", "dataset", "data_dir", "epochs", "batch_size", "lr", "bn_momentum",
+                 "channels_last"))
+@orchestration_options
+def lambda_ablation(lams: str, seeds: str, out: str | None, device: str, jobs: int | None, dry_run: bool,
+                    quiet: bool, **base) -> None:
+    """The λ ablation (Appendix E, Fig. r3): CT per seed and ST per (λ, seed), every ordered sub-network measured."""
+    from loafing.analyses.paper import lambda_ablation as ablation
+
+    lam_values = [float(v) for v in _numbers(lams, "--lams")]
+    for lam in lam_values:
+        check_number("--lams", lam, Range(0))
+    seed_values = [int(v) for v in _numbers(seeds, "--seeds")]
+    study = ablation(TrainConfig(**base), lam_values, seed_values)
+    run_study(study, out, base["data_dir"], device, jobs, dry_run, quiet)
+
+
+def _numbers(text: str, flag: str) -> list[str]:
+    """The comma-separated items of `text`, each checked to be a number."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        [float(item) for item in items]
+    except ValueError:
+        raise LoafingError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if not items:
+        raise LoafingError(f"{flag} takes comma-separated numbers, got {text!r}")
+    return items
+
+
+@cli.command()
+def models() -> None:
+    """List the registered models: stages, skippable blocks, input recipe, normalization, classifier key."""
+    from loafing.models import MODELS
+
+    for name, spec in MODELS.items():
+        layout = spec.layout()
+        mean, std = spec.normalization
+        click.echo(f"{name}: {spec.description}")
+        click.echo(f"    stages {'-'.join(map(str, layout.stage_sizes))}, main plan {layout.main_plan}, "
+                   f"skippable {sorted(layout.skippable)}")
+        click.echo(f"    recipe {spec.recipe} ({spec.image_size}x{spec.image_size}), normalization mean "
+                   f"{list(mean)} std {list(std)}, classifier {spec.classifier_key}, --width-mult "
+                   f"{'yes' if spec.width_mult else 'no'}")
+
+
+@cli.command()
+def methods() -> None:
+    """List the registered training methods and the options each reads."""
+    from loafing.methods import METHODS
+
+    for name, method in METHODS.items():
+        options = ", ".join("--" + o.replace("_", "-") for o in method.options) or "none"
+        click.echo(f"{name} ({method.label}): {method.description}; options: {options}")
 
 
 def main() -> None:

@@ -15,15 +15,14 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.25
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
 class DataSplits:
     """Train split (augmented), train split without augmentation (for BN calibration), test split.
 
-    Images arrive in [0, 1]; `mean`/`std` is the normalization a model trained on them uses.
+    Images arrive in [0, 1]; `mean`/`std` is the normalization a model trained on them uses (None: the
+    model's own default).
     """
 
     name: str
@@ -31,8 +30,8 @@ class DataSplits:
     train_plain: Dataset
     test: Dataset
     num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
 
 
 def load_digits_splits(data_dir: str | None = None, download: bool = False) -> DataSplits:
@@ -108,7 +107,7 @@ def load_imagefolder_splits(data_dir: str | None = None, download: bool = False,
     if train.classes != test.classes:
         raise LoafingError(f"image folder {data_dir!r}: train/ and {test_dir.name}/ have different classes")
     train_plain = datasets.ImageFolder(str(root / "train"), transform=plain)
-    return DataSplits("imagefolder", train, train_plain, test, len(train.classes), IMAGENET_MEAN, IMAGENET_STD)
+    return DataSplits("imagefolder", train, train_plain, test, len(train.classes), None, None)
 
 
 DATASETS: dict[str, Callable[..., DataSplits]] = {

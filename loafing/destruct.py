@@ -175,7 +175,7 @@ def destruct(loaded: LoadedModel, data: DataSplits, mode: str, *, max_combos: in
         raise LoafingError("destruct needs a run of the whole network, not a sub-network trained alone")
     networks = destroyed_networks(loaded.model.layout, mode, max_combos, seed)
     df = measure_plans(loaded, [d.plan for d in networks], data, calib_size=calib_size, recalibrate=recalibrate,
-                       seed=seed, batch_size=batch_size, device=device, progress=progress)
+                       seed=seed, batch_size=batch_size, device=device, progress=progress).drop(columns="space")
     main_top1 = df.loc[df["is_main"], "top1"].iloc[0]
     at = df.columns.get_loc("plan")
     df.insert(at, "mode", mode)

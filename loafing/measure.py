@@ -1,7 +1,7 @@
 """`measure`: every plan of a space, BN-recalibrated, as a tidy table carrying the run's identifiers."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -10,17 +10,8 @@ from loafing.checkpoint import LoadedModel
 from loafing.data import DataSplits, make_loader, seeded_subset
 from loafing.evaluate import check_plans
 from loafing.plan_tree import evaluate_plans
-from loafing.plans import Plan, parse_plan
-
-RUN_COLUMNS = ("run", "model", "width_mult", "method", "lam", "seed", "dataset", "trained_plan", "space_size")
-
-
-def run_identifiers(config: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """The columns that identify a run in every tidy table."""
-    ids = {k: config.get(k) for k in RUN_COLUMNS}
-    ids["dataset"] = dataset
-    ids["trained_plan"] = config.get("plan") or ""
-    return ids
+from loafing.plans import Plan, get_space, parse_plan
+from loafing.schema import run_identifiers, with_run_identifiers
 
 
 def trained_plan(loaded: LoadedModel) -> Plan | None:
@@ -28,12 +19,19 @@ def trained_plan(loaded: LoadedModel) -> Plan | None:
     return parse_plan(loaded.config["plan"]) if loaded.config.get("plan") else None
 
 
-def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, *, calib_size: int,
-                  recalibrate: bool, seed: int, batch_size: int, device: torch.device,
-                  progress: bool = True) -> pd.DataFrame:
-    """Evaluate `plans` on the test split, each BN-recalibrated on a seeded subset of the train split.
+def plans_to_measure(loaded: LoadedModel, space: str) -> list[Plan]:
+    """The plans `measure` evaluates by default: the space's, or the one plan a run trained alone."""
+    alone = trained_plan(loaded)
+    return [alone] if alone else get_space(space, loaded.model.layout)
 
-    For a sub-network trained alone (`--plan`), KL and `is_main` refer to that trained network.
+
+def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, *, calib_size: int,
+                  recalibrate: bool, seed: int, batch_size: int, device: torch.device, progress: bool = True,
+                  space: str = "plans") -> pd.DataFrame:
+    """The measure table of `plans` on the test split, each BN-recalibrated on a seeded subset of the train split.
+
+    `space` names where the plans came from (a space's name, or "plans"). For a sub-network trained
+    alone (`--plan`), KL and `is_main` refer to that trained network.
     """
     plans = check_plans(loaded.model, plans)
     model = loaded.model.to(device)
@@ -41,15 +39,12 @@ def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, 
     calib_loader = None
     if recalibrate:
         calib_loader = make_loader(seeded_subset(data.train_plain, calib_size, seed), batch_size)
-    reference = trained_plan(loaded)
-    df, _ = evaluate_plans(model, plans, test_loader, calib_loader, device, progress, reference=reference)
-    ids = run_identifiers(loaded.config, data.name)
-    for i, (key, value) in enumerate(ids.items()):
-        df.insert(i, key, value)
+    df, _ = evaluate_plans(model, plans, test_loader, calib_loader, device, progress, reference=trained_plan(loaded))
     df["recalibrated"] = recalibrate
     df["calib_size"] = min(calib_size, len(data.train_plain)) if recalibrate else 0
     df["calib_seed"] = seed
-    return df
+    df["space"] = space
+    return with_run_identifiers(df, run_identifiers(loaded.config, data.name))
 
 
 def summarize_measure(df: pd.DataFrame) -> dict[str, float]:

@@ -1,4 +1,9 @@
-"""`reproduce`: run a study definition end to end — training runs, measure, destruct, KL, figures."""
+"""The one orchestrator: run a study definition end to end — training runs, measure, destruct, KL, figures.
+
+Completed work is reused: a run whose folder holds a finished training of the same configuration is
+not retrained, an interrupted one is resumed, and a result CSV newer than its checkpoint (made with
+the same evaluation settings) is not recomputed.
+"""
 from __future__ import annotations
 
 import concurrent.futures
@@ -16,18 +21,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from loafing.checkpoint import load_model
+from loafing.checkpoint import load_model, read_checkpoint
+from loafing.config import TrainConfig
 from loafing.data import load_dataset
 from loafing.destruct import MODES, destruct
 from loafing.errors import LoafingError
 from loafing.evaluate import resolve_device
-from loafing.io import write_csv, write_json
-from loafing.measure import measure_plans, summarize_measure, trained_plan
-from loafing.plans import get_space
-from loafing.studies import is_complete, train_once
-from loafing.train import CHECKPOINT_NAME, KL_NAME, LOG_NAME, TrainConfig
-
-ST_COST = 1.4  # ST / CT training time the paper reports (Table r4), for rough cost estimates only
+from loafing.io import write_json
+from loafing.methods import get_method
+from loafing.measure import measure_plans, plans_to_measure, summarize_measure
+from loafing.schema import TABLES, read_table, write_table
+from loafing.train import CHECKPOINT_NAME, KL_NAME, LOG_NAME, check_config, load_config, train
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,34 @@ class Preset:
     destruct_modes: tuple[str, ...] = MODES
     train_images: int = 0  # size of the training split, for the rough cost of --dry-run
     ct_hours: float | None = None  # the paper's hours for one CT run of this setting (Table r4), if reported
+
+
+# Where a run executes and where its data lives do not change what it is.
+NOT_IDENTIFYING = ("run", "num_classes", "device", "workers", "data_dir", "download")
+
+
+def has_config(run_dir: str | Path, config: TrainConfig) -> bool:
+    """Whether `run_dir` holds a run (finished or not) of this configuration."""
+    if not (Path(run_dir) / CHECKPOINT_NAME).exists():
+        return False
+    saved, wanted = dataclasses.asdict(load_config(run_dir)), dataclasses.asdict(config)
+    return all(saved[k] == wanted[k] for k in wanted if k not in NOT_IDENTIFYING)
+
+
+def is_complete(config: TrainConfig) -> bool:
+    """Whether `config.out` holds a finished run of exactly this configuration."""
+    out = Path(config.out)
+    return has_config(out, config) and read_checkpoint(out / CHECKPOINT_NAME)["epoch"] == config.epochs
+
+
+def train_once(config: TrainConfig, progress: bool = True) -> Path:
+    """Train unless the same run is already complete; resume it if it was interrupted; replace another run."""
+    out = Path(config.out)
+    if is_complete(config):
+        return out
+    started = has_config(out, config)
+    train(config, progress=progress, resume=started, overwrite=not started)
+    return out
 
 
 @dataclass
@@ -128,27 +160,27 @@ def complete_run(spec: RunSpec, runs_dir: Path, preset: Preset, device: str, thr
             options = dict(calib_size=preset.calib_size, recalibrate=True, seed=wanted["calib_seed"], batch_size=256,
                            device=resolve_device(device), progress=False)
             if job == "measure":
-                own_plan = trained_plan(loaded)
-                plans = [own_plan] if own_plan else get_space("ordered", loaded.model.layout)
-                df = measure_plans(loaded, plans, data, **options)
+                plans = plans_to_measure(loaded, "ordered")
+                space = "ordered" if len(plans) > 1 else "plans"
+                write_table(measure_plans(loaded, plans, data, space=space, **options), csv, "measure")
             else:
-                df = destruct(loaded, data, job, max_combos=preset.max_combos, **options)
-            write_csv(df, csv)
+                write_table(destruct(loaded, data, job, max_combos=preset.max_combos, **options), csv, "destruct")
         report.seconds[job] = time.perf_counter() - start
-    report.summary = summarize_measure(pd.read_csv(out / "measure.csv"))
+    report.summary = summarize_measure(read_table(out / "measure.csv", "measure"))
     return report
 
 
 def collect_results(runs_dir: Path, names: Sequence[str], results_dir: Path) -> dict[str, Path]:
-    """Concatenate every run's CSVs into one tidy CSV per kind in `results_dir`."""
-    sources = {"measure.csv": ["measure.csv"], "destruct.csv": [f"destruct-{m}.csv" for m in MODES],
-               KL_NAME: [KL_NAME], LOG_NAME: [LOG_NAME]}
+    """Concatenate every run's CSVs into one tidy CSV per table in `results_dir`."""
+    sources = {"measure": ["measure.csv"], "destruct": [result_file(m) for m in MODES],
+               "kl_trajectory": [KL_NAME], "train_log": [LOG_NAME]}
     written = {}
-    for target, files in sources.items():
-        tables = [pd.read_csv(runs_dir / name / f) for name in names for f in files if (runs_dir / name / f).exists()]
-        if tables:
-            written[target] = results_dir / target
-            write_csv(pd.concat(tables, ignore_index=True), written[target])
+    for table, files in sources.items():
+        parts = [read_table(runs_dir / name / f, table) for name in names for f in files
+                 if (runs_dir / name / f).exists()]
+        if parts:
+            written[table] = results_dir / TABLES[table].file
+            write_table(pd.concat(parts, ignore_index=True), written[table], table)
     return written
 
 
@@ -160,9 +192,9 @@ def default_jobs(device: str) -> int:
 
 
 def estimated_cost(spec: RunSpec, preset: Preset) -> float:
-    """Rough cost of a run in main-network image passes (ST counted at the paper's 1.4x of CT)."""
+    """Rough cost of a run in main-network image passes (each method counted at its cost relative to CT)."""
     config = spec.config
-    factor = ST_COST if config.method == "st" else 1.0
+    factor = get_method(config.method).relative_cost
     if config.plan:
         factor *= 0.5  # a sub-network alone is shallower; a rough guess, only used to order and estimate
     return config.epochs * preset.train_images * factor
@@ -173,14 +205,14 @@ def describe_plan(preset: Preset) -> pd.DataFrame:
     rows = []
     for spec in preset.runs:
         c = spec.config
-        passes = estimated_cost(spec, preset)
         row = {"run": spec.name, "model": c.model, "dataset": c.dataset, "method": c.method, "lam": c.lam,
                "space_size": c.space_size or "", "plan": c.plan or "", "seed": c.seed, "epochs": c.epochs,
-               "kl_every": c.kl_every or "", "destruct": ",".join(preset.destruct_modes) if spec.destruct else "",
-               "image_passes": f"{passes:.3g}"}
-        if preset.ct_hours is not None:
-            ct_passes = c.epochs * preset.train_images
-            row["paper_gpu_hours"] = round(preset.ct_hours * passes / ct_passes, 1)
+               "kl_every": c.kl_every or "", "destruct": ",".join(preset.destruct_modes) if spec.destruct else ""}
+        if preset.train_images:
+            passes = estimated_cost(spec, preset)
+            row["image_passes"] = f"{passes:.3g}"
+            if preset.ct_hours is not None:
+                row["paper_gpu_hours"] = round(preset.ct_hours * passes / (c.epochs * preset.train_images), 1)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -200,6 +232,8 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
         raise LoafingError(f"preset {preset.name!r} names a run twice")
     specs = [dataclasses.replace(s, config=dataclasses.replace(s.config, data_dir=data_dir or s.config.data_dir))
              for s in preset.runs]
+    for spec in specs:  # bad settings fail here, before any run starts
+        check_config(run_config(spec, runs_dir, device))
     for dataset, folder, download in {(s.config.dataset, s.config.data_dir, s.config.download) for s in specs}:
         load_dataset(dataset, folder, download)  # fail on missing data before hours of training, not after
     jobs = jobs or default_jobs(device)
@@ -219,7 +253,7 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
     todo = []
     for spec in ordered:
         if is_finished(spec, runs_dir, preset, device):
-            measured = pd.read_csv(runs_dir / spec.name / result_file("measure"))
+            measured = read_table(runs_dir / spec.name / result_file("measure"), "measure")
             finished(RunReport(spec.name, trained=False, seconds={"train": 0.0}, summary=summarize_measure(measured)))
         else:
             todo.append(spec)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loafing.errors import LoafingError
+
 _FIRST_SEGMENT: ContextVar[int | None] = ContextVar("loafing_first_segment", default=None)
 
 
@@ -43,9 +45,24 @@ class SegmentedBatchNorm2d(nn.BatchNorm2d):
                           F.batch_norm(rest, None, None, self.weight, self.bias, True, 0.0, self.eps)])
 
 
+def _mixes_batches(m: nn.Module) -> bool:
+    """Whether a layer's output or state depends on the other examples of its batch."""
+    if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+        return m.track_running_stats
+    return isinstance(m, nn.modules.batchnorm._NormBase)
+
+
 def make_segment_aware(module: nn.Module) -> nn.Module:
-    """Make every BatchNorm2d of `module` segment-aware in place (same parameters, same state dict)."""
+    """Make every BatchNorm2d of `module` segment-aware in place (same parameters, same state dict).
+
+    Any other layer that keeps running statistics (a BatchNorm subclass such as SyncBatchNorm or a
+    fused norm-activation layer, BatchNorm1d/3d, InstanceNorm with tracked statistics) would mix the two
+    stacked batches without a word, so it is refused: build the model with plain nn.BatchNorm2d layers.
+    """
     for m in module.modules():
         if type(m) is nn.BatchNorm2d:
             m.__class__ = SegmentedBatchNorm2d
+        elif _mixes_batches(m) and type(m) is not SegmentedBatchNorm2d:
+            raise LoafingError(f"{type(m).__name__} layers are not supported: the ST step and the BN machinery "
+                               "handle nn.BatchNorm2d only; build the model with nn.BatchNorm2d norm layers")
     return module

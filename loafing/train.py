@@ -1,6 +1,7 @@
-"""Training: common training (CT) and stimulative training (ST, paper Eq. 1 / Alg. 1), resumable."""
+"""Training a run of any registered method, epoch by epoch: checkpointed, logged and resumable."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -8,22 +9,25 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Iterator
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from loafing.bn import frozen_bn_stats, set_bn_momentum
+from loafing.bn import set_bn_momentum
 from loafing.checkpoint import read_checkpoint, save_checkpoint
+from loafing.config import TrainConfig, config_from_dict, validate_config
 from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
 from loafing.errors import LoafingError
 from loafing.evaluate import classification_metrics, predict, resolve_device
-from loafing.io import write_csv, write_json
+from loafing.io import write_json
+from loafing.methods import TrainingStep, check_method_options, get_method, trained_plan
 from loafing.models import StagedModel, create_model
 from loafing.plan_tree import evaluate_plans
-from loafing.plans import Plan, ordered_space, parse_plan, restricted_ordered_space, sample_ordered_plan
+from loafing.plans import Plan, ordered_space
+from loafing.schema import run_identifiers, write_table
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.csv"
@@ -32,137 +36,36 @@ CONFIG_NAME = "config.json"
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a training run; saved next to its results. Defaults: paper Sec. 6 (CIFAR)."""
+class Run:
+    """A run being trained: its configuration and everything built from it."""
 
-    model: str = "mobilenet_v3_large"
-    width_mult: float = 1.0
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    method: str = "ct"
-    lam: float = 1.0
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.05
-    weight_decay: float = 3e-5
-    momentum: float = 0.9
-    bn_momentum: float | None = None  # None: the model's own (torchvision's MobileNetV3: 0.01)
-    channels_last: bool = False  # NHWC activations: same network, about 2x faster on CPU for MobileNetV3
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    eval_batch_size: int = 256
-    plan: str | None = None  # train this sub-network alone instead of the main network
-    space_size: int | None = None  # ST: sample from a seeded subset of this many ordered plans
-    space_seed: int = 0
-    st_step: str = "shared"
-    kl_every: int = 0  # record KL(p_main || p_sub) of every plan every N epochs (0: never)
-    kl_plans: int | None = None  # ... or of a seeded sample of this many plans
-    kl_probe_size: int = 500
-    kl_calib_size: int = 500
-    out: str = "runs/run"
-    run: str = ""
-    num_classes: int = 0
+    config: TrainConfig
+    device: torch.device
+    data: DataSplits
+    model: StagedModel
+    step: TrainingStep
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    test_loader: DataLoader
+    calib_loader: DataLoader  # fixed training images that recalibrate BN for the per-epoch test accuracy
+    rng: random.Random  # the method's sampler (ST plans)
+    trained_plan: Plan | None
+    kl_plans: list[Plan]
+    memory_format: torch.memory_format
 
-
-@dataclass
-class StepResult:
-    """Losses of one optimization step."""
-
-    loss: torch.Tensor
-    ce: torch.Tensor
-    kl: torch.Tensor
-
-
-@dataclass
-class StepContext:
-    """What a step needs besides the batch: the KL weight, the ST sampler, the network being trained."""
-
-    lam: float
-    sample_plan: Callable[[], Plan]
-    plan: Plan | None = None
-
-
-def ct_step(model: StagedModel, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepResult:
-    """Common training: cross-entropy of the trained network."""
-    ce = F.cross_entropy(model(x, ctx.plan), y)
-    return StepResult(ce, ce, torch.zeros((), device=x.device))
-
-
-def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p_teacher || p_student), batch mean, with the teacher detached."""
-    return F.kl_div(F.log_softmax(student_logits, 1), F.softmax(teacher_logits.detach(), 1),
-                    reduction="batchmean")
-
-
-def st_step_simple(model: StagedModel, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepResult:
-    """ST as written in Alg. 1: a main forward, then a separate forward of one sampled sub-network."""
-    main_logits = model(x)
-    ce = F.cross_entropy(main_logits, y)
-    plan = ctx.sample_plan()
-    with frozen_bn_stats(model):
-        sub_logits = model(x, plan)
-    kl = kl_to_teacher(sub_logits, main_logits)
-    return StepResult(ce + ctx.lam * kl, ce, kl)
-
-
-def st_step_shared(model: StagedModel, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepResult:
-    """ST in one graph: the common prefix once, later shared blocks on both batches stacked (same loss and gradients)."""
-    main_logits, sub_logits = model.forward_with_subnetwork(x, ctx.sample_plan())
-    ce = F.cross_entropy(main_logits, y)
-    kl = kl_to_teacher(sub_logits, main_logits)
-    return StepResult(ce + ctx.lam * kl, ce, kl)
-
-
-METHODS = ("ct", "st")
-ST_STEPS: dict[str, Callable[..., StepResult]] = {"shared": st_step_shared, "simple": st_step_simple}
-
-
-def train_one_epoch(model: StagedModel, loader, optimizer: torch.optim.Optimizer,
-                    step: Callable[..., StepResult], ctx: StepContext, device: torch.device, desc: str,
-                    progress: bool = True,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
-    """One pass over `loader`; returns mean loss, CE and KL."""
-    model.train()
-    totals = torch.zeros(3, device=device)
-    n = 0
-    for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
-        result = step(model, x, y, ctx)
-        optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        optimizer.step()
-        totals += torch.stack([result.loss.detach(), result.ce.detach(), result.kl.detach()]) * len(y)
-        n += len(y)
-    loss, ce, kl = (totals / max(n, 1)).tolist()
-    return {"loss": loss, "ce": ce, "kl": kl, "examples": n}
+    @property
+    def out(self) -> Path:
+        """The run folder."""
+        return Path(self.config.out)
 
 
 def check_config(config: TrainConfig) -> None:
     """Reject bad settings before any work starts."""
-    if config.method not in METHODS:
-        raise LoafingError(f"unknown method {config.method!r}; valid choices: {', '.join(METHODS)}")
-    if config.st_step not in ST_STEPS:
-        raise LoafingError(f"unknown ST step {config.st_step!r}; valid choices: {', '.join(ST_STEPS)}")
-    for name in ("epochs", "batch_size", "eval_batch_size", "kl_probe_size", "kl_calib_size"):
-        if getattr(config, name) < 1:
-            raise LoafingError(f"--{name.replace('_', '-')} must be at least 1")
-    if config.kl_every < 0:
-        raise LoafingError("--kl-every must be 0 (off) or a positive number of epochs")
-    if config.kl_plans is not None and config.kl_plans < 1:
-        raise LoafingError("--kl-plans must be at least 1")
-    if config.lr <= 0:
-        raise LoafingError("--lr must be positive")
-    if config.lam < 0:
-        raise LoafingError("--lam must be non-negative")
-    if config.bn_momentum is not None and not 0 < config.bn_momentum <= 1:
-        raise LoafingError("--bn-momentum must be in (0, 1]")
-    if config.plan and config.method != "ct":
-        raise LoafingError("--plan trains a sub-network alone and needs --method ct")
-    if config.space_size is not None and config.method != "st":
-        raise LoafingError("--space-size restricts ST's sampling space and needs --method st")
+    if not config.out:
+        raise LoafingError("--out is required (or --resume DIR)")
+    validate_config(config)
+    check_method_options(config)
 
 
 def kl_trajectory_plans(model: StagedModel, config: TrainConfig) -> list[Plan]:
@@ -173,12 +76,86 @@ def kl_trajectory_plans(model: StagedModel, config: TrainConfig) -> list[Plan]:
     return plans
 
 
-def record_kl(model: StagedModel, plans: list[Plan], data: DataSplits, config: TrainConfig,
-              device: torch.device) -> pd.DataFrame:
-    """KL(p_main || p_sub) and top-1 of every plan on the fixed probe set, each BN-recalibrated."""
-    probe = make_loader(seeded_subset(data.test, config.kl_probe_size, config.seed), config.eval_batch_size)
-    calib = make_loader(seeded_subset(data.train_plain, config.kl_calib_size, config.seed), config.eval_batch_size)
-    df, _ = evaluate_plans(model, plans, probe, calib, device, progress=False)
+def build_run(config: TrainConfig) -> Run:
+    """The model, method step, data, optimizer and schedule of a run, seeded by `config.seed`."""
+    device = resolve_device(config.device)
+    data = load_dataset(config.dataset, config.data_dir, config.download)
+    config = dataclasses.replace(config, num_classes=data.num_classes, run=config.run or Path(config.out).name)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    model = create_model(config.model, data.num_classes, config.width_mult)
+    if data.mean is not None:
+        model.set_normalization(data.mean, data.std)
+    if config.bn_momentum is not None:
+        set_bn_momentum(model, config.bn_momentum)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    step = get_method(config.method).build(model, config, rng)
+    parameters = list(model.parameters()) + (list(step.modules.parameters()) if step.modules is not None else [])
+    if step.modules is not None:
+        step.modules.to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return Run(
+        config=config, device=device, data=data, model=model, step=step, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs),
+        train_loader=make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed, workers=config.workers,
+                                 drop_last=len(data.train) > config.batch_size),
+        test_loader=make_loader(data.test, config.eval_batch_size, workers=config.workers),
+        calib_loader=make_loader(seeded_subset(data.train_plain, config.calib_size, config.seed),
+                                 config.eval_batch_size),
+        rng=rng, trained_plan=trained_plan(model, config),
+        kl_plans=kl_trajectory_plans(model, config) if config.kl_every else [], memory_format=memory_format)
+
+
+def train_one_epoch(run: Run, desc: str, progress: bool = True) -> dict[str, float]:
+    """One pass over the training data; returns mean loss, CE and KL and the number of examples."""
+    run.model.train()
+    if run.step.modules is not None:
+        run.step.modules.train()
+    totals = torch.zeros(3, device=run.device)
+    n = 0
+    for x, y in tqdm(run.train_loader, desc=desc, unit="batch", leave=False, disable=not progress):
+        x = x.to(run.device, non_blocking=True, memory_format=run.memory_format)
+        y = y.to(run.device, non_blocking=True)
+        result = run.step.loss(x, y)
+        run.optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        run.optimizer.step()
+        totals += torch.stack([result.loss.detach(), result.ce.detach(), result.kl.detach()]) * len(y)
+        n += len(y)
+    loss, ce, kl = (totals / max(n, 1)).tolist()
+    return {"loss": loss, "ce": ce, "kl": kl, "examples": n}
+
+
+@contextlib.contextmanager
+def untouched_rng(device: torch.device) -> Iterator[None]:
+    """Evaluations in here (BN calibration runs dropout in train mode) leave the training's random stream as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """Test top-1 and loss of the trained network, with BN recalibrated and with the running BN statistics.
+
+    The running statistics lag the weights early in training (torchvision's MobileNetV3 updates them
+    with momentum 0.01), so the recalibrated accuracy is the one to trust; the other is what the
+    network stored in its checkpoint computes.
+    """
+    running = classification_metrics(*predict(run.model, run.trained_plan, run.test_loader, run.device))
+    plan = run.trained_plan or run.model.layout.main_plan
+    with untouched_rng(run.device):
+        recalibrated, _ = evaluate_plans(run.model, [plan], run.test_loader, run.calib_loader, run.device,
+                                         progress=False, reference=plan)
+    return {"test_top1_recalibrated": float(recalibrated["top1"].iloc[0]),
+            "test_loss_recalibrated": float(recalibrated["loss"].iloc[0]),
+            "test_top1_running_bn": running["top1"], "test_loss_running_bn": running["loss"]}
+
+
+def record_kl(run: Run) -> pd.DataFrame:
+    """KL(p_main || p_sub) and top-1 of every KL plan on the fixed probe set, each BN-recalibrated."""
+    config = run.config
+    probe = make_loader(seeded_subset(run.data.test, config.kl_probe_size, config.seed), config.eval_batch_size)
+    df, _ = evaluate_plans(run.model, run.kl_plans, probe, run.calib_loader, run.device, progress=False)
     return df[["plan", "depths", "n_blocks", "is_main", "kl", "top1"]]
 
 
@@ -194,7 +171,44 @@ def load_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise LoafingError(f"{str(run_dir)!r} holds no run to resume (no {CONFIG_NAME})")
-    return TrainConfig(**json.loads(path.read_text()))
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LoafingError(f"{path}: not a readable configuration ({type(err).__name__})") from None
+    if not isinstance(values, dict):
+        raise LoafingError(f"{path}: not a readable configuration (a {type(values).__name__}, not an object)")
+    return config_from_dict(values)
+
+
+def save_state(run: Run, epoch: int, log_rows: list[dict], kl_rows: list[dict]) -> None:
+    """Write the checkpoint of a finished epoch, then the tables it describes (each atomically)."""
+    rng_state = {"torch": torch.get_rng_state(), "python": run.rng.getstate(),
+                 "loader": run.train_loader.generator.get_state(),
+                 "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None}
+    method_state = run.step.modules.state_dict() if run.step.modules is not None else None
+    # The checkpoint carries the rows too, so a resumed run never depends on which file was written last.
+    save_checkpoint(run.out / CHECKPOINT_NAME, run.model, run.optimizer, run.scheduler, epoch,
+                    dataclasses.asdict(run.config),
+                    {"rng": rng_state, "log_rows": log_rows, "kl_rows": kl_rows, "method_state": method_state})
+    if kl_rows:
+        write_table(pd.DataFrame(kl_rows), run.out / KL_NAME, "kl_trajectory")
+    write_table(pd.DataFrame(log_rows), run.out / LOG_NAME, "train_log")
+
+
+def restore_state(run: Run) -> tuple[int, list[dict], list[dict]]:
+    """Load the last checkpoint into `run`; returns the epoch to continue with and the rows so far."""
+    state = read_checkpoint(run.out / CHECKPOINT_NAME)
+    run.model.load_state_dict(state["model"])
+    if run.step.modules is not None:
+        run.step.modules.load_state_dict(state["method_state"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if run.device.type == "cuda" and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    run.rng.setstate(state["rng"]["python"])
+    run.train_loader.generator.set_state(state["rng"]["loader"])
+    return state["epoch"] + 1, state["log_rows"], state["kl_rows"]
 
 
 def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, resume: bool = False) -> pd.DataFrame:
@@ -209,86 +223,31 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, r
         raise LoafingError(f"{str(out)!r} holds no checkpoint to resume")
     if not resume and (out / CHECKPOINT_NAME).exists() and not overwrite:
         raise LoafingError(f"{str(out)!r} already holds a run; pass --overwrite, --resume, or another --out")
-    device = resolve_device(config.device)
-    data = load_dataset(config.dataset, config.data_dir, config.download)
-    config = dataclasses.replace(config, num_classes=data.num_classes, run=config.run or out.name)
-
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    model = create_model(config.model, data.num_classes, config.width_mult)
-    model.set_normalization(data.mean, data.std)
-    if config.bn_momentum is not None:
-        set_bn_momentum(model, config.bn_momentum)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    trained_plan = parse_plan(config.plan) if config.plan else None
-    if trained_plan is not None:
-        model.check_plan(trained_plan)
-    if config.space_size is not None:
-        space = restricted_ordered_space(model.layout, config.space_size, config.space_seed)
-        sample_plan = lambda: rng.choice(space)  # noqa: E731
-    else:
-        sample_plan = lambda: sample_ordered_plan(model.layout, rng)  # noqa: E731
-    ctx = StepContext(config.lam, sample_plan, trained_plan)
-    step = ct_step if config.method == "ct" else ST_STEPS[config.st_step]
-    kl_plans = kl_trajectory_plans(model, config) if config.kl_every else []
-
-    train_loader = make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed,
-                               workers=config.workers, drop_last=len(data.train) > config.batch_size)
-    test_loader = make_loader(data.test, config.eval_batch_size, workers=config.workers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    config_dict = dataclasses.asdict(config)
-    ids = {"run": config.run, "model": config.model, "method": config.method, "lam": config.lam,
-           "seed": config.seed, "dataset": config.dataset, "trained_plan": config.plan or "",
-           "space_size": config.space_size}
-
-    log_rows: list[dict[str, Any]] = []
-    kl_rows: list[dict[str, Any]] = []
-    first_epoch = 1
-    if resume:
-        state = read_checkpoint(out / CHECKPOINT_NAME)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        rng.setstate(state["rng"]["python"])
-        train_loader.generator.set_state(state["rng"]["loader"])
-        log_rows, kl_rows = state["log_rows"], state["kl_rows"]
-        first_epoch = state["epoch"] + 1
-    else:
-        write_json(config_dict, out / CONFIG_NAME)
+    run = build_run(config)
+    config = run.config
+    ids = run_identifiers(dataclasses.asdict(config), config.dataset)
+    first_epoch, log_rows, kl_rows = restore_state(run) if resume else (1, [], [])
+    if not resume:
+        write_json(dataclasses.asdict(config), out / CONFIG_NAME)
 
     for epoch in tqdm(range(first_epoch, config.epochs + 1), desc=f"{config.method} {config.model}",
                       unit="epoch", initial=first_epoch - 1, total=config.epochs, disable=not progress):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        if run.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(run.device)
         start = time.perf_counter()
-        losses = train_one_epoch(model, train_loader, optimizer, step, ctx, device, desc=f"epoch {epoch}",
-                                 progress=progress, memory_format=memory_format)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        losses = train_one_epoch(run, desc=f"epoch {epoch}", progress=progress)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
         seconds = time.perf_counter() - start
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        memory, memory_kind = peak_memory_mib(device)
-        test = classification_metrics(*predict(model, trained_plan, test_loader, device))
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.scheduler.step()
+        memory, memory_kind = peak_memory_mib(run.device)
         log_rows.append({**ids, "epoch": epoch, "lr": lr, "loss": losses["loss"], "ce": losses["ce"],
-                         "kl": losses["kl"], "test_top1": test["top1"], "test_loss": test["loss"],
-                         "seconds": seconds, "examples_per_s": losses["examples"] / seconds,
-                         "peak_memory_mib": memory, "memory_kind": memory_kind})
-        if kl_plans and (epoch % config.kl_every == 0 or epoch == config.epochs):
-            for row in record_kl(model, kl_plans, data, config, device).to_dict("records"):
-                kl_rows.append({**ids, "epoch": epoch, **row})
-            write_csv(pd.DataFrame(kl_rows), out / KL_NAME)
-        write_csv(pd.DataFrame(log_rows), out / LOG_NAME)
-        rng_state = {"torch": torch.get_rng_state(), "python": rng.getstate(),
-                     "loader": train_loader.generator.get_state(),
-                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
-        # The checkpoint carries the rows too, so a resumed run never depends on which file was written last.
-        save_checkpoint(out / CHECKPOINT_NAME, model, optimizer, scheduler, epoch, config_dict,
-                        {"rng": rng_state, "log_rows": log_rows, "kl_rows": kl_rows})
+                         "kl": losses["kl"], **evaluate(run), "seconds": seconds,
+                         "examples_per_s": losses["examples"] / seconds, "peak_memory_mib": memory,
+                         "memory_kind": memory_kind})
+        if run.kl_plans and (epoch % config.kl_every == 0 or epoch == config.epochs):
+            with untouched_rng(run.device):  # recording the KL must not change what is trained
+                kl_rows += [{**ids, "epoch": epoch, **row} for row in record_kl(run).to_dict("records")]
+        save_state(run, epoch, log_rows, kl_rows)
     return pd.DataFrame(log_rows)

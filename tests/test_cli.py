@@ -32,8 +32,13 @@ def test_measure_without_recalibration_reproduces_the_training_log(run_cli, trai
     df = pd.read_csv(out)
     log = pd.read_csv(trained_runs["ct"] / "train_log.csv")
     assert df["plan"].tolist() == ["[1,2,3] [4,5,6] [7,8,9]", "[1] [4] [7]"]
-    assert df.loc[0, "top1"] == pytest.approx(log["test_top1"].iloc[-1], abs=1e-9)
+    assert df.loc[0, "top1"] == pytest.approx(log["test_top1_running_bn"].iloc[-1], abs=1e-9)
     assert not df["recalibrated"].any()
+    # The logged recalibrated accuracy is the main network recalibrated on the run's --calib-size (128) images.
+    code, _, _ = run_cli("measure", "--ckpt", trained_runs["ct"] / "checkpoint.pt", "--calib-size", 128,
+                         "--plan", "[1,2,3] [4,5,6] [7,8,9]", "--out", out, "--quiet")
+    assert code == 0
+    assert pd.read_csv(out).loc[0, "top1"] == pytest.approx(log["test_top1_recalibrated"].iloc[-1], abs=1e-9)
 
 
 def test_train_writes_complete_checkpoint_and_log(trained_runs):
@@ -97,3 +102,35 @@ def test_help_on_every_command(run_cli):
     for command in ([], ["train"], ["measure"], ["destruct"], ["models"], ["figures"], ["reproduce"]):
         code, stdout, _ = run_cli(*command, "--help")
         assert code == 0 and "Usage:" in stdout
+
+
+def test_train_options_are_the_train_config_fields_with_their_defaults():
+    from loafing.cli import train
+    from loafing.config import TrainConfig, config_fields
+
+    options = {p.name: p for p in train.params}
+    shown = [f for f in config_fields() if f.metadata["cli"]]
+    assert all(f.name in options for f in shown)
+    defaults = TrainConfig()
+    for f in shown:
+        assert options[f.name].default == getattr(defaults, f.name), f.name
+        assert options[f.name].help == f.metadata["help"], f.name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["train", "--lr", "-0.1"], "--lr must be greater than 0, got -0.1"),
+    (["train", "--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
+    (["train", "--method", "st", "--lam", "inf"], "--lam must be a finite number, got inf"),
+    (["train", "--method", "ct", "--lam", "5"], "--lam needs --method st"),
+    (["train"], "--out is required"),
+    (["measure", "--ckpt", "x.pt", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+])
+def test_settings_out_of_range_are_one_line_errors(run_cli, tmp_path, args, message):
+    if args[0] == "train" and args != ["train"]:
+        args = args + ["--out", str(tmp_path / "run")]
+    if args[0] == "measure":
+        args = args + ["--out", str(tmp_path / "m.csv")]
+    code, _, err = run_cli(*args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not list(tmp_path.iterdir())

@@ -12,21 +12,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from scipy.special import betainc  # noqa: E402
 
 from loafing.errors import LoafingError  # noqa: E402
 from loafing.figures import (  # noqa: E402
     FIGURES,
-    is_main,
     make_figures,
     plot_inside_vs_alone,
-    read_results_csv,
-    reference_lam,
-    run_scheme,
-    scheme_colour,
-    script_main,
     table_cost,
     table_main_and_subnetworks,
 )
+from loafing.figures.select import reference_lam, run_scheme, scheme_colour  # noqa: E402
+from loafing.schema import TABLES, read_table  # noqa: E402
 
 # A toy network with two stages of 2 and 3 blocks: 2 * 3 = 6 ordered plans, the last one the main network.
 STAGES = ([1, 2], [3, 4, 5])
@@ -106,8 +103,7 @@ def kl_rows() -> pd.DataFrame:
         if run[4] or run[5]:
             continue
         for epoch, (plan, depths, n_blocks) in itertools.product((1, 2), ordered_plans()):
-            ids = {k: v for k, v in run_ids(run).items() if k != "width_mult"}
-            rows.append({**ids, "epoch": epoch, "plan": plan, "depths": depths, "n_blocks": n_blocks,
+            rows.append({**run_ids(run), "epoch": epoch, "plan": plan, "depths": depths, "n_blocks": n_blocks,
                          "is_main": plan == MAIN_PLAN, "kl": float(rng.uniform(0, 1)), "top1": 50.0})
     return pd.DataFrame(rows)
 
@@ -118,9 +114,10 @@ def train_log_rows() -> pd.DataFrame:
     rows = []
     for run in RUNS:
         for epoch in (1, 2, 3):
-            ids = {k: v for k, v in run_ids(run).items() if k != "width_mult"}
-            rows.append({**ids, "epoch": epoch, "lr": 0.1, "loss": 2.0 / epoch, "ce": 2.0 / epoch, "kl": 0.1,
-                         "test_top1": 30.0 * epoch + float(rng.uniform(0, 5)), "test_loss": 1.0,
+            top1 = 30.0 * epoch + float(rng.uniform(0, 5))
+            rows.append({**run_ids(run), "epoch": epoch, "lr": 0.1, "loss": 2.0 / epoch, "ce": 2.0 / epoch, "kl": 0.1,
+                         "test_top1_recalibrated": top1, "test_loss_recalibrated": 1.0,
+                         "test_top1_running_bn": top1 - 5, "test_loss_running_bn": 1.2,
                          "seconds": float(rng.uniform(1, 3)), "examples_per_s": float(rng.uniform(100, 200)),
                          "peak_memory_mib": float(rng.uniform(500, 900)), "memory_kind": "cpu_peak_rss"})
     return pd.DataFrame(rows)
@@ -157,7 +154,7 @@ def test_every_entry_writes_non_empty_files(results, tmp_path):
 @pytest.mark.parametrize("name", [n for n, spec in FIGURES.items() if spec.kind == "figure"])
 def test_figures_draw_something(results, name):
     spec = FIGURES[name]
-    fig = spec.function(read_results_csv(results / spec.csv))
+    fig = spec.function(read_table(results / TABLES[spec.table].file, spec.table))
     try:
         assert fig.axes
         drawn = sum(len(ax.lines) + len(ax.collections) + len(ax.patches) for ax in fig.axes)
@@ -167,7 +164,7 @@ def test_figures_draw_something(results, name):
 
 
 def test_table1_matches_hand_calculation(results):
-    table = table_main_and_subnetworks(read_results_csv(results / "measure.csv")).set_index("scheme")
+    table = table_main_and_subnetworks(read_table(results / "measure.csv", "measure")).set_index("scheme")
     measure = measure_rows()
     ct = measure[measure["run"].isin(["ct-s0", "ct-s1"])]
     sub = ct[~ct["is_main"]]
@@ -185,6 +182,35 @@ def test_table1_matches_hand_calculation(results):
     assert table.loc["ST-6", "main top-1"] == pytest.approx(st["top1"].mean())
 
 
+def test_table1_confidence_intervals_and_paired_tests_match_hand_calculation(results):
+    table = table_main_and_subnetworks(read_table(results / "measure.csv", "measure")).set_index("scheme")
+    measure = measure_rows()
+    # main top-1 over CT's two seeds: mean +- t(0.975, 1) * s / sqrt(2), with t(0.975, 1) = 12.7062
+    main = measure[measure["run"].isin(["ct-s0", "ct-s1"]) & measure["is_main"]]["top1"].to_numpy()
+    half = 12.7062 * main.std(ddof=1) / np.sqrt(2)
+    assert table.loc["CT", "main top-1 95% CI"] == f"[{main.mean() - half:.2f}, {main.mean() + half:.2f}]"
+    # ST-3 vs CT, paired by plan over the 5 sub-networks (each plan averaged over seeds)
+    subs = measure[~measure["is_main"]]
+
+    def per_plan(runs):
+        return subs[subs["run"].isin(runs)].groupby("plan")["top1"].mean()
+    diff = (per_plan(["st3-s0", "st3-s1"]) - per_plan(["ct-s0", "ct-s1"])).to_numpy()
+    assert len(diff) == 5
+    assert table.loc["ST-3", "sub-networks vs CT (paired)"] == pytest.approx(diff.mean())
+    half = 2.7764 * diff.std(ddof=1) / np.sqrt(5)  # t(0.975, 4)
+    assert table.loc["ST-3", "vs CT 95% CI"] == f"[{diff.mean() - half:.2f}, {diff.mean() + half:.2f}]"
+    t = diff.mean() / (diff.std(ddof=1) / np.sqrt(5))
+    p_t = betainc(2.0, 0.5, 4 / (4 + t * t))  # two-sided p of Student's t, 4 degrees of freedom: I_x(v/2, 1/2)
+    assert table.loc["ST-3", "vs CT p (t)"] == f"{p_t:.2g}"
+    # exact Wilcoxon signed-rank p for 5 pairs: enumerate the 2^5 sign patterns
+    ranks = np.argsort(np.argsort(np.abs(diff))) + 1
+    w = ranks[diff > 0].sum()
+    sums = [sum(r for r, keep in zip(range(1, 6), pattern) if keep) for pattern in np.ndindex(*(2,) * 5)]
+    tail = min(sum(s_ >= w for s_ in sums), sum(s_ <= w for s_ in sums)) / 32
+    assert table.loc["ST-3", "vs CT p (Wilcoxon)"] == f"{min(1.0, 2 * tail):.2g}"
+    assert table.loc["CT", "vs CT p (t)"] == "–"
+
+
 def test_table1_single_seed_has_no_seed_std():
     measure = measure_rows(runs=RUNS[:1] + RUNS[2:3])
     table = table_main_and_subnetworks(measure).set_index("scheme")
@@ -193,7 +219,7 @@ def test_table1_single_seed_has_no_seed_std():
 
 
 def test_tabler4_time_ratio_is_ratio_of_summed_seconds(results):
-    table = table_cost(read_results_csv(results / "train_log.csv")).set_index("scheme")
+    table = table_cost(read_table(results / "train_log.csv", "train_log")).set_index("scheme")
     log = train_log_rows()
     seconds = log.groupby("run")["seconds"].sum()
     ct_time = seconds[["ct-s0", "ct-s1"]].mean()
@@ -222,7 +248,7 @@ def test_reference_lam_is_the_lam_with_most_st_runs():
 def test_missing_column_is_a_one_line_error(results, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
-    read_results_csv(results / "measure.csv").drop(columns=["top1"]).to_csv(broken / "measure.csv", index=False)
+    read_table(results / "measure.csv", "measure").drop(columns=["top1"]).to_csv(broken / "measure.csv", index=False)
     with pytest.raises(LoafingError) as error:
         make_figures(broken, tmp_path / "out", ["fig4"])
     assert "top1" in str(error.value)
@@ -262,16 +288,18 @@ def test_unknown_name_lists_valid_names(results, tmp_path):
 
 
 def test_fig1_across_cifar_resnets_labels_architectures():
-    # A small "resnet" trained on its own whose architecture (depths 1-2) is also a sub-network of a bigger host.
-    small = measure_rows(runs=(("small", "ct", 1.0, 0, "", ""),), model="resnet8-cifar")
-    small = small[small["depths"] == "1-2"].assign(is_main=True)
-    host = measure_rows(runs=(("host", "ct", 1.0, 0, "", ""), ("host-s1", "ct", 1.0, 1, "", "")),
-                        model="resnet12-cifar")
-    fig = plot_inside_vs_alone(pd.concat([small, host], ignore_index=True))
+    # ResNet-20 trained on its own; its architecture (depths 3-3-3) is also a sub-network of two ResNet-32 runs.
+    def row(run, model, depths, is_main, top1):
+        return {**run_ids((run, "ct", 1.0, 0, "", ""), model=model), "depths": depths,
+                "n_blocks": sum(map(int, depths.split("-"))), "is_main": is_main, "top1": top1}
+    rows = [row("small", "resnet20-cifar", "3-3-3", True, 91.7)]
+    for run in ("host", "host-s1"):
+        rows += [row(run, "resnet32-cifar", "3-3-3", False, 55.3), row(run, "resnet32-cifar", "5-5-5", True, 92.6)]
+    fig = plot_inside_vs_alone(pd.DataFrame(rows))
     try:
-        assert [tick.get_text() for tick in fig.axes[0].get_xticklabels()] == ["ResNet8"]
+        assert [tick.get_text() for tick in fig.axes[0].get_xticklabels()] == ["ResNet20"]
         legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
-        assert legend_texts == ["trained alone", "inside resnet12-cifar"]
+        assert legend_texts == ["trained alone", "inside resnet32-cifar"]
         assert len(fig.axes[0].patches) >= 2
     finally:
         plt.close(fig)
@@ -294,22 +322,21 @@ def test_schemes_and_colours():
     assert run_scheme("st", np.nan, 48.0) == "ST-48"
     assert scheme_colour("ST-48") == scheme_colour("ST-48") != scheme_colour("ST")
     assert len({scheme_colour(s) for s in ("CT", "ST", "alone", "ST-6", "ST-48")}) == 5
-    with pytest.raises(LoafingError):
+    with pytest.raises(LoafingError, match="unknown method 'sgd'; valid choices: ct, st"):
         run_scheme("sgd", np.nan, np.nan)
-    as_text = pd.DataFrame({"is_main": ["True", "False", "false"]})
-    assert is_main(as_text).tolist() == [True, False, False]
 
 
-def test_script_main_prints_paths_and_fails_with_exit_2(results, tmp_path, capsys):
-    script_main("table1", ["--results", str(results), "--out", str(tmp_path)])
-    printed = capsys.readouterr().out.split()
-    assert printed == [str(tmp_path / "table1.md"), str(tmp_path / "table1.png")]
-    script_main("fig6", ["--results", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
-    assert "skipped: destruct.csv not found" in capsys.readouterr().out
+def test_figures_command_prints_paths_and_fails_with_exit_2(results, tmp_path, run_cli):
+    code, out, _ = run_cli("figures", "--results", results, "--out", tmp_path, "--only", "table1")
+    assert code == 0
+    assert out.split() == ["table1", str(tmp_path / "table1.md") + ",", str(tmp_path / "table1.png")]
+    (tmp_path / "nowhere").mkdir()
+    code, out, _ = run_cli("figures", "--results", tmp_path / "nowhere", "--out", tmp_path, "--only", "fig6")
+    assert code == 0 and "skipped: destruct.csv not found" in out
     broken = tmp_path / "broken"
     broken.mkdir()
-    read_results_csv(results / "measure.csv").drop(columns=["is_main"]).to_csv(broken / "measure.csv", index=False)
-    with pytest.raises(SystemExit) as exit_info:
-        script_main("fig5", ["--results", str(broken), "--out", str(tmp_path)])
-    assert exit_info.value.code == 2
-    assert "is_main" in capsys.readouterr().err
+    read_table(results / "measure.csv", "measure").drop(columns=["is_main"]).to_csv(broken / "measure.csv", index=False)
+    code, _, err = run_cli("figures", "--results", broken, "--out", tmp_path, "--only", "fig5")
+    assert code == 2 and "is_main" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("figures", "--results", results, "--out", tmp_path, "--only", "fig99")
+    assert code == 2 and "unknown figure 'fig99'; valid choices: fig1, fig4" in err

@@ -6,11 +6,12 @@ import torchvision
 from loafing.checkpoint import load_model
 from loafing.data import make_loader, seeded_subset
 from loafing.measure import measure_plans
-from loafing.models import IMAGENET_MEAN, IMAGENET_STD, create_model
+from loafing.models import create_model
 from loafing.plans import uniform_space
 
-MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+# The input normalization akamaster's checkpoints were trained with (their README), written out independently.
+MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
 
 
 def functional_resnet_cifar(sd, x, n, depth, stats, calibrate=False):

@@ -6,7 +6,8 @@ import torch
 from loafing.bn import batchnorms
 from loafing.data import make_loader, seeded_subset
 from loafing.evaluate import evaluate_plans_one_by_one, plan_logits_one_by_one
-from loafing.models import create_model
+from loafing.destruct import delete_many, permute
+from loafing.models import MODELS, create_model
 from loafing.plan_tree import PlanTreeEvaluator, count_block_nodes, evaluate_plans, own_bn_tensors
 from loafing.plans import Plan, ordered_space, uniform_space
 
@@ -92,6 +93,25 @@ def test_mobilenet_ordered_space_matches_one_by_one(digits, loaders):
     reference = evaluate_plans_one_by_one(model, plans, test_loader, calib_loader, CPU, progress=False)
     assert table["top1"].tolist() == reference["top1"].tolist()
     assert (table["kl"] - reference["kl"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_tree_matches_one_by_one_for_every_registered_model(name, loaders):
+    """Ordered, deletion and permutation plans of every model: identical top-1 counts, logits within 1e-4."""
+    test_loader, calib_loader = loaders
+    model = perturbed(name)
+    layout = model.layout
+    ordered = ordered_space(layout)
+    plans = [ordered[0], ordered[len(ordered) // 3], ordered[-2], delete_many(layout, 1, seed=0)[-1].plan,
+             permute(layout, 1, seed=0)[-1].plan]
+    evaluator = PlanTreeEvaluator(model, plans, CPU)
+    with own_bn_tensors(model):
+        evaluator.calibrate(x for x, _ in calib_loader)
+        tree_logits = evaluator.logits(test_loader)
+    for i, plan in enumerate(plans):
+        expected, _ = plan_logits_one_by_one(model, plan, test_loader, calib_loader, CPU)
+        torch.testing.assert_close(tree_logits[i], expected, rtol=0, atol=1e-4, msg=f"{name} {plan}")
+        assert torch.equal(tree_logits[i].argmax(1), expected.argmax(1))
 
 
 def test_block_evaluations_equal_the_number_of_tree_nodes(loaders):

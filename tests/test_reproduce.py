@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.presets import get_preset, presets
+from loafing.analyses import get_preset, presets
 from loafing.checkpoint import load_model
 from loafing.data import load_dataset, make_loader, seeded_subset
 from loafing.evaluate import evaluate_plans_one_by_one
@@ -13,10 +13,11 @@ from loafing.figures import FIGURES, make_figures
 from loafing.models import create_model
 from loafing.plans import ordered_space, parse_plan
 from loafing.reproduce import Preset, RunSpec, reproduce
-from loafing.train import TrainConfig
+from loafing.train import check_config
+from loafing.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = TrainConfig(model="resnet20-cifar", epochs=1, lr=0.1, kl_probe_size=64, kl_calib_size=64, kl_plans=4)
+BASE = TrainConfig(model="resnet20-cifar", epochs=1, lr=0.1, kl_probe_size=64, calib_size=64, kl_plans=4)
 
 
 def tiny_preset(calib_size: int = 128) -> Preset:
@@ -95,7 +96,11 @@ def test_every_preset_is_valid_for_its_model():
                 model = create_model(run.config.model, 10, run.config.width_mult)
                 model.check_plan(parse_plan(run.config.plan))
                 assert parse_plan(run.config.plan) != model.layout.main_plan
+            check_config(dataclasses.replace(run.config, out="x"))
     quick = get_preset("quick")
+    # Sub-networks trained alone, in the paper's Table r1 layer indices.
+    assert {r.config.plan for r in quick.runs if r.config.plan} == {
+        "[1] [3] [6] [10] [12]", "[1] [3,4] [6,7] [10] [12,13]", "[1,2] [3,4] [6,7,8] [10,11] [12,13]"}
     assert {r.config.seed for r in quick.runs if r.config.method == "ct" and not r.config.plan} == {0, 1}
     assert {r.config.space_size for r in quick.runs} == {None, 6, 48}
     assert len({r.config.lam for r in quick.runs if r.config.method == "st"}) >= 3

@@ -8,38 +8,57 @@ import torch
 from loafing.checkpoint import load_model
 from loafing.destruct import delete_many, permute
 from loafing.measure import measure_plans
-from loafing.models import create_model
+from loafing.models import MODELS, create_model
 from loafing.plans import ordered_space, parse_plan, restricted_ordered_space, sample_ordered_plan
-from loafing.train import StepContext, TrainConfig, st_step_shared, st_step_simple, train
+from loafing.config import TrainConfig
+from loafing.methods import st_loss_shared, st_loss_simple
+from loafing.train import train
 
 
 def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name, kwargs", [("resnet20-cifar", {}), ("mobilenet_v3_large", {"width_mult": 0.5})])
-def test_shared_st_step_gives_the_gradients_of_the_simple_step(name, kwargs):
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shared_st_step_gives_the_gradients_of_the_simple_step(name):
+    """In float64, so that only a difference in what is computed (not float32 rounding of large gradients) shows."""
     torch.manual_seed(0)
-    base = create_model(name, 10, **kwargs).train()
-    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    plans = [sample_ordered_plan(base.layout, random.Random(s)) for s in range(6)] + [base.layout.main_plan]
+    base = create_model(name, 10, **({"width_mult": 0.5} if MODELS[name].width_mult else {})).train().double()
+    small = base.layout.n_blocks <= 14  # the deep models: fewer plans on smaller images, the suite stays fast
+    size, samples = (32, 6) if small else (16, 1)
+    x, y = torch.rand(4, 3, size, size, dtype=torch.float64), torch.randint(0, 10, (4,))
+    plans = [sample_ordered_plan(base.layout, random.Random(s)) for s in range(samples)] + [base.layout.main_plan]
     # Plans that leave the main network mid-stage and rejoin it, or reorder it, exercise the other paths.
     plans += [delete_many(base.layout, 1, seed=0)[1].plan, permute(base.layout, 1, seed=0)[-1].plan]
     for plan in plans:
         results = {}
-        for step in (st_step_simple, st_step_shared):
+        for step in (st_loss_simple, st_loss_shared):
             model = copy.deepcopy(base)
             torch.manual_seed(1)  # same dropout masks in both
-            result = step(model, x, y, StepContext(2.0, lambda: plan))
+            result = step(model, x, y, plan, 2.0)
             result.loss.backward()
             results[step] = (result, grads(model), {k: v.clone() for k, v in model.state_dict().items()})
-        (r1, g1, s1), (r2, g2, s2) = results[st_step_simple], results[st_step_shared]
-        assert abs(r1.loss.item() - r2.loss.item()) < 1e-5 and abs(r1.kl.item() - r2.kl.item()) < 1e-6
+        (r1, g1, s1), (r2, g2, s2) = results[st_loss_simple], results[st_loss_shared]
+        assert abs(r1.loss.item() - r2.loss.item()) < 1e-10 and abs(r1.kl.item() - r2.kl.item()) < 1e-10
+        assert r1.kl.item() > 0 or plan == base.layout.main_plan
         assert g1.keys() == g2.keys()
         for key in g1:
-            torch.testing.assert_close(g2[key], g1[key], rtol=0, atol=1e-5, msg=f"{plan} {key}")
+            # Untrained deep networks on tiny batches have gradients up to 1e9: compare relative to each tensor's scale.
+            assert (g2[key] - g1[key]).abs().max() <= 1e-10 * max(1.0, g1[key].abs().max().item()), f"{plan} {key}"
         for key in s1:  # running statistics: only the main network updates them, in both steps
-            assert torch.equal(s1[key], s2[key]), key
+            assert (s2[key] - s1[key]).abs().max() <= 1e-12 * max(1.0, s1[key].abs().max().item()), key
+
+
+def test_recording_kl_and_test_accuracy_does_not_change_what_is_trained(tmp_path):
+    """MobileNetV3's head has dropout: the evaluations' BN calibration must not shift the training's random stream."""
+    weights = {}
+    for name, kl_every in (("plain", 0), ("recorded", 1)):
+        train(TrainConfig(model="mobilenet_v3_large", width_mult=0.5, method="st", epochs=2, lr=0.05, device="cpu",
+                          kl_every=kl_every, kl_plans=3, kl_probe_size=50, calib_size=64, channels_last=True,
+                          out=str(tmp_path / name)), progress=False)
+        weights[name] = load_model(tmp_path / name / "checkpoint.pt").model.state_dict()
+    assert all(torch.equal(weights["plain"][k], weights["recorded"][k]) for k in weights["plain"])
+    assert (tmp_path / "recorded" / "kl_trajectory.csv").exists()
 
 
 def test_restricted_space_is_seeded_and_contains_smallest_and_main():
@@ -59,7 +78,7 @@ def kl_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("kl")
     for method, extra in (("ct", {}), ("st", {"space_size": 6})):
         train(TrainConfig(model="resnet20-cifar", method=method, epochs=2, lr=0.1, device="cpu", kl_every=1,
-                          kl_plans=8, kl_probe_size=100, kl_calib_size=100, out=str(root / method), **extra),
+                          kl_plans=8, kl_probe_size=100, calib_size=100, out=str(root / method), **extra),
               progress=False)
     return root
 
@@ -77,7 +96,7 @@ def test_kl_trajectory_and_cost_columns(kl_runs):
 
 def test_subnetwork_trained_alone_is_measured_on_its_plan(tmp_path, digits):
     plan = "[1] [4] [7,8]"
-    train(TrainConfig(model="resnet20-cifar", method="ct", plan=plan, epochs=1, lr=0.1, device="cpu",
+    train(TrainConfig(model="resnet20-cifar", method="ct", plan=plan, epochs=1, lr=0.1, device="cpu", calib_size=64,
                       out=str(tmp_path / "alone")), progress=False)
     loaded = load_model(tmp_path / "alone" / "checkpoint.pt")
     untouched = create_model("resnet20-cifar", 10)
@@ -100,7 +119,7 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
 
     def config(out):
         return TrainConfig(model="resnet20-cifar", method="st", epochs=3, lr=0.1, device="cpu", kl_every=2,
-                           kl_plans=3, kl_probe_size=50, kl_calib_size=50, out=str(out))
+                           kl_plans=3, kl_probe_size=50, calib_size=50, out=str(out))
 
     train(config(tmp_path / "full"), progress=False)
     real = train_module.train_one_epoch
@@ -152,8 +171,8 @@ def test_atomic_writes_leave_the_previous_file_whole(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"method": "st", "plan": "[1] [4] [7]"}, "--plan trains a sub-network alone and needs --method ct"),
-    ({"method": "ct", "space_size": 6}, "needs --method st"),
+    ({"method": "st", "plan": "[1] [4] [7]"}, "--plan needs --method ct"),
+    ({"method": "ct", "space_size": 6}, "--space-size needs --method st"),
     ({"method": "st", "space_size": 1}, "--space-size must be between 2 and 27"),
     ({"method": "st", "st_step": "fast"}, "unknown ST step 'fast'; valid choices: shared, simple"),
     ({"method": "ct", "plan": "[1] [5] [7]"}, "block 4 is not skippable"),
@@ -178,7 +197,7 @@ def test_channels_last_step_gives_the_same_gradients():
     for memory_format in (torch.contiguous_format, torch.channels_last):
         model = copy.deepcopy(base).to(memory_format=memory_format)
         torch.manual_seed(1)  # same dropout masks in both
-        result = st_step_shared(model, x.to(memory_format=memory_format), y, StepContext(1.0, lambda: plan, None))
+        result = st_loss_shared(model, x.to(memory_format=memory_format), y, plan, 1.0)
         result.loss.backward()
         results[memory_format] = (result.loss.item(), grads(model))
     (loss, expected), (loss_nhwc, got) = results.values()
@@ -196,7 +215,7 @@ def test_channels_last_and_bn_momentum_options_in_training(tmp_path):
 
     _, weights = run("plain")
     log_nhwc, _ = run("nhwc", channels_last=True)
-    assert log_nhwc["loss"].notna().all() and log_nhwc["test_top1"].iloc[0] > 10
+    assert log_nhwc["loss"].notna().all() and log_nhwc["test_top1_recalibrated"].iloc[0] > 10
     # The BN momentum changes only the running statistics (1.0 keeps just the last batch's), not the weights.
     _, weights_m1 = run("momentum1", bn_momentum=1.0)
     assert torch.equal(weights_m1["net.conv1.weight"], weights["net.conv1.weight"])

@@ -1,0 +1,150 @@
+"""The paper's figures and tables from tidy results CSVs, and their registry.
+
+`select` shapes the data, `plots` and `tables` draw (pure `plot_*(df) -> Figure` and
+`table_*(df) -> DataFrame`), and `FIGURES` below says, per figure, which table it reads and which of
+its columns it needs. `make_figures` draws any of them from a results folder; it never trains.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from loafing.errors import LoafingError
+from loafing.figures.plots import (plot_destruct, plot_inside_vs_alone, plot_kl, plot_lambda, plot_space_size,
+                                   plot_subnetworks, plot_trajectories)
+from loafing.figures.select import NotEnoughData, require_columns
+from loafing.figures.tables import markdown_table, render_table, table_cost, table_main_and_subnetworks
+from loafing.io import atomic_path
+from loafing.schema import TABLES, read_table
+
+RUN = ("run", "method", "lam", "seed", "trained_plan", "space_size")  # what every figure needs to tell runs apart
+MEASURED = (*RUN, "plan", "is_main", "top1")
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureSpec:
+    """One of the paper's figures or tables: the table it reads, the columns it needs, how it is drawn."""
+
+    name: str
+    title: str
+    table: str  # a key of loafing.schema.TABLES
+    columns: tuple[str, ...]
+    function: Callable[[pd.DataFrame], Figure | pd.DataFrame]
+    kind: str  # "figure" | "table"
+    group_by: tuple[str, ...] = ("model", "dataset")
+
+
+@dataclasses.dataclass
+class FigureOutcome:
+    """What make_figures did for one figure (and one model/dataset group when the results mix several)."""
+
+    name: str
+    paths: list[Path]
+    skipped: str | None = None
+    group: str = ""
+
+
+FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
+    # Fig. 1 compares different host models, so only the data set splits it.
+    FigureSpec("fig1", "Fig. 1: sub-networks inside bigger networks vs trained alone", "measure",
+               ("run", "model", "method", "trained_plan", "depths", "n_blocks", "is_main", "top1"),
+               plot_inside_vs_alone, "figure", group_by=("dataset",)),
+    FigureSpec("fig4", "Fig. 4: sub-networks inside the network", "measure", (*MEASURED, "n_blocks"),
+               plot_subnetworks, "figure"),
+    FigureSpec("fig5", "Fig. 5: sub-network top-1 vs sampling-space size", "measure", MEASURED, plot_space_size,
+               "figure"),
+    FigureSpec("fig6", "Fig. 6: top-1 drop when deleting or permuting layers", "destruct",
+               (*RUN, "mode", "n", "layers", "drop"), plot_destruct, "figure"),
+    FigureSpec("fig7", "Fig. 7: KL(main || sub-network) during training", "kl_trajectory",
+               (*RUN, "epoch", "is_main", "kl"), plot_kl, "figure"),
+    FigureSpec("figr2", "Fig. r2: training loss and test top-1", "train_log",
+               (*RUN, "epoch", "loss", "test_top1_recalibrated"), plot_trajectories, "figure"),
+    FigureSpec("figr3", "Fig. r3: effect of λ on stimulative training", "measure", MEASURED, plot_lambda, "figure"),
+    FigureSpec("table1", "Table 1: main network and sub-networks top-1 (%)", "measure", MEASURED,
+               table_main_and_subnetworks, "table"),
+    FigureSpec("tabler4", "Table r4: training time and memory", "train_log",
+               (*RUN, "seconds", "examples_per_s", "peak_memory_mib", "memory_kind"), table_cost, "table"),
+)}
+
+
+def split_groups(df: pd.DataFrame, group_by: Sequence[str]) -> list[tuple[str, str, pd.DataFrame]]:
+    """(file-name suffix, title context, rows) per group; a single group gets no suffix."""
+    groups = list(df.groupby(list(group_by), dropna=False, sort=True))
+    out = []
+    for keys, rows in groups:
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        names = [str(k) for k in keys]
+        suffix = "" if len(groups) == 1 else "-" + "-".join(names)
+        out.append((suffix, ", ".join(names), rows))
+    return out
+
+
+def _save_figure(fig: Figure, path: Path) -> None:
+    """Write a figure as PNG atomically and free it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=150)
+    finally:
+        plt.close(fig)
+
+
+def _write_text(text: str, path: Path) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def make_figures(results_dir: str | Path, out_dir: str | Path,
+                 names: Sequence[str] | None = None) -> list[FigureOutcome]:
+    """Draw the named (default: all) figures and tables from the CSVs in `results_dir` into `out_dir`."""
+    names = list(FIGURES) if names is None else list(names)
+    unknown = [name for name in names if name not in FIGURES]
+    if unknown:
+        raise LoafingError(f"unknown figure '{unknown[0]}'; valid names: {', '.join(FIGURES)}")
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, pd.DataFrame] = {}
+    outcomes = []
+    for name in names:
+        spec = FIGURES[name]
+        file = TABLES[spec.table].file
+        if not (results_dir / file).exists():
+            outcomes.append(FigureOutcome(name, [], f"{file} not found"))
+            continue
+        if spec.table not in tables:
+            tables[spec.table] = read_table(results_dir / file, spec.table, required=())
+        data = tables[spec.table]
+        if data.empty:
+            outcomes.append(FigureOutcome(name, [], f"{file} has no rows"))
+            continue
+        require_columns(data, (*spec.group_by, *spec.columns), file)
+        for suffix, context, rows in split_groups(data, spec.group_by):
+            try:
+                result = spec.function(rows)
+            except NotEnoughData as reason:
+                outcomes.append(FigureOutcome(name, [], str(reason), suffix.lstrip("-")))
+                continue
+            title = f"{spec.title}\n{context}"
+            png = out_dir / f"{name}{suffix}.png"
+            if spec.kind == "table":
+                markdown = out_dir / f"{name}{suffix}.md"
+                _write_text(markdown_table(result, f"{spec.title} ({context})"), markdown)
+                fig = render_table(result)
+                fig.suptitle(title, fontsize="medium")
+                _save_figure(fig, png)
+                outcomes.append(FigureOutcome(name, [markdown, png], None, suffix.lstrip("-")))
+            else:
+                result.suptitle(title, fontsize="medium")
+                _save_figure(result, png)
+                outcomes.append(FigureOutcome(name, [png], None, suffix.lstrip("-")))
+    return outcomes
+
+
+__all__ = ["FIGURES", "FigureOutcome", "FigureSpec", "NotEnoughData", "make_figures", "plot_destruct",
+           "plot_inside_vs_alone", "plot_kl", "plot_lambda", "plot_space_size", "plot_subnetworks",
+           "plot_trajectories", "table_cost", "table_main_and_subnetworks"]

@@ -1,0 +1,263 @@
+"""The paper's figures: pure functions `plot_*(df) -> Figure` over tidy results (see the registry in __init__)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from loafing.figures.select import (ALONE, ALONE_LABEL, NotEnoughData, add_scheme, add_space_size, architecture_name,
+                                    at_reference_lam, ct_and_st, full_runs, is_blank, label_palette,
+                                    per_run_subnetwork_stats, scheme_colour, scheme_order)
+
+
+def use_style() -> None:
+    """Apply the one plotting style every figure shares."""
+    sns.set_theme(style="whitegrid", context="paper")
+
+
+def _figure_legend(fig: Figure, axes: Sequence[Axes], ncols: int | None = None) -> None:
+    """Replace the axes' legends by one figure legend below the panels."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols or min(len(labels), 6), frameon=False)
+
+
+def _categorical_x(values: Sequence[float]) -> dict[float, int]:
+    """Evenly spaced x positions for sorted distinct values (sizes and λ span orders of magnitude and include 0)."""
+    return {value: position for position, value in enumerate(sorted(set(values)))}
+
+
+def _sparse_labels(centres: pd.Series, min_gap: float) -> list[str]:
+    """Tick labels (the index) for tick positions (the values), blank where a label would touch the previous one."""
+    labels, last = [], -math.inf
+    for label, position in centres.items():
+        keep = position - last >= min_gap
+        labels.append(str(label) if keep else "")
+        last = position if keep else last
+    return labels
+
+
+def _format_number(value: float) -> str:
+    """Short tick label: 6 not 6.0, 0.5 stays 0.5."""
+    return f"{value:g}"
+
+
+def plot_inside_vs_alone(measure: pd.DataFrame) -> Figure:
+    """Fig. 1: top-1 of architectures inside bigger CT networks vs the same architectures trained alone."""
+    ct = measure[measure["method"] == "ct"]
+    main = ct["is_main"]
+    alone = ct[main].assign(group=ALONE_LABEL)
+    inside = ct[~main & is_blank(ct["trained_plan"])]
+    inside = inside[inside["depths"].isin(set(alone["depths"]))]
+    if inside.empty:
+        raise NotEnoughData("no architecture appears both inside a CT network and trained alone")
+    inside = inside.assign(group="inside " + inside["model"])
+    alone = alone[alone["depths"].isin(set(inside["depths"]))]
+    both = pd.concat([inside, alone], ignore_index=True)
+    # One value per run and architecture, so the error bars are over seeds.
+    per_run = both.groupby(["group", "depths", "run"], as_index=False).agg(top1=("top1", "mean"),
+                                                                            n_blocks=("n_blocks", "first"))
+    labels = {}
+    for depths, rows in both.groupby("depths"):
+        names = {architecture_name(model, depths) for model in set(rows["model"])}
+        labels[depths] = names.pop() if len(names) == 1 and None not in names else depths
+    per_run["architecture"] = per_run["depths"].map(labels)
+    order = [labels[d] for d in per_run.sort_values(["n_blocks", "depths"])["depths"].drop_duplicates()]
+    host_blocks = ct[main & is_blank(ct["trained_plan"])].groupby("model")["n_blocks"].max()
+    hosts = sorted(set(inside["model"]), key=lambda m: (host_blocks.get(m, 0), m))
+    hue_order = [ALONE_LABEL] + [f"inside {m}" for m in hosts]
+    host_colours = sns.color_palette("Blues_d", n_colors=len(hosts))
+    palette = {ALONE_LABEL: scheme_colour(ALONE)}
+    palette.update({f"inside {m}": colour for m, colour in zip(hosts, host_colours)})
+
+    use_style()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(order) + 2.5), 3.8), layout="constrained")
+    sns.barplot(data=per_run, x="architecture", y="top1", hue="group", order=order, hue_order=hue_order,
+                palette=palette, errorbar="sd", capsize=0.1, ax=ax)
+    ax.set_xlabel("architecture")
+    ax.set_ylabel("top-1 (%)")
+    _figure_legend(fig, [ax])
+    return fig
+
+
+def plot_subnetworks(measure: pd.DataFrame) -> Figure:
+    """Fig. 4: top-1 of every ordered sub-network, CT vs each ST scheme, with sub-networks trained alone as stars."""
+    full = add_space_size(at_reference_lam(full_runs(ct_and_st(measure))))
+    st_labels = scheme_order([label for label in full["label"] if label.startswith("ST")])
+    if "CT" not in set(full["label"]) or not st_labels:
+        raise NotEnoughData("needs a CT run and at least one ST run")
+    plan_order = full.drop_duplicates("plan").sort_values(["n_blocks", "plan"])
+    x_of_plan = {plan: x for x, plan in enumerate(plan_order["plan"])}
+    mean_per_plan = full.groupby(["label", "plan"], as_index=False)["top1"].mean()
+    mean_per_plan["x"] = mean_per_plan["plan"].map(x_of_plan)
+    palette = label_palette(full)
+    alone = measure[~is_blank(measure["trained_plan"]) & measure["plan"].isin(set(x_of_plan))]
+    alone_per_plan = alone.groupby("plan", as_index=False)["top1"].mean()
+    alone_per_plan["x"] = alone_per_plan["plan"].map(x_of_plan)
+    positions = plan_order.assign(x=range(len(plan_order))).groupby("n_blocks")["x"]
+    group_centres, group_starts = positions.mean(), positions.min()
+
+    use_style()
+    fig, axes = plt.subplots(1, len(st_labels), figsize=(6.0 * len(st_labels), 3.8), sharey=True,
+                             squeeze=False, layout="constrained")
+    for ax, st_label in zip(axes[0], st_labels):
+        for label in ("CT", st_label):
+            rows = mean_per_plan[mean_per_plan["label"] == label].sort_values("x")
+            ax.plot(rows["x"], rows["top1"], marker="o", markersize=3, linewidth=0.7, color=palette[label],
+                    label=label)
+        if not alone_per_plan.empty:
+            ax.scatter(alone_per_plan["x"], alone_per_plan["top1"], marker="*", s=120, color=scheme_colour(ALONE),
+                       edgecolor="black", linewidth=0.4, zorder=3, label=ALONE_LABEL)
+        ax.set_title(f"CT vs {st_label}")
+        for start in group_starts.values[1:]:
+            ax.axvline(start - 0.5, color="0.85", linewidth=0.6, zorder=0)
+        ax.grid(False, axis="x")
+        ax.set_xticks(list(group_centres.values), _sparse_labels(group_centres, min_gap=len(plan_order) / 30))
+        ax.set_xlabel("sub-network (grouped by number of blocks)")
+    axes[0][0].set_ylabel("top-1 (%)")
+    handles: dict[str, object] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    legend_order = [label for label in ["CT", *st_labels, ALONE_LABEL] if label in handles]
+    fig.legend([handles[label] for label in legend_order], legend_order, loc="outside lower center",
+               ncols=len(legend_order), frameon=False)
+    return fig
+
+
+def plot_space_size(measure: pd.DataFrame) -> Figure:
+    """Fig. 5: max, mean and std of sub-network top-1 against the number of sub-networks sampled (0 = CT)."""
+    stats = per_run_subnetwork_stats(add_space_size(at_reference_lam(full_runs(ct_and_st(measure)))))
+    stats = stats.dropna(subset=["sub_mean"])
+    if stats["n_subnetworks"].nunique() < 2:
+        raise NotEnoughData("needs runs with at least two different sampling-space sizes")
+    x_of_size = _categorical_x(stats["n_subnetworks"])
+    stats["x"] = stats["n_subnetworks"].map(x_of_size)
+    palette = label_palette(stats)
+    panels = (("sub_max", "maximum top-1 (%)"), ("sub_mean", "mean top-1 (%)"), ("sub_std", "std of top-1 (%)"))
+
+    use_style()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), layout="constrained")
+    for ax, (column, ylabel) in zip(axes, panels):
+        means = stats.groupby("x")[column].mean()
+        ax.plot(means.index, means.values, color="0.3", linewidth=1, zorder=1)
+        for label in scheme_order(stats["label"]):
+            rows = stats[stats["label"] == label]
+            ax.scatter(rows["x"], rows[column], color=palette[label], s=25, zorder=2, label=label)
+        ax.set_xticks(list(x_of_size.values()), [str(size) for size in x_of_size])
+        ax.set_xlabel("sub-networks in the sampling space")
+        ax.set_ylabel(ylabel)
+    _figure_legend(fig, list(axes))
+    return fig
+
+
+def plot_destruct(destruct: pd.DataFrame) -> Figure:
+    """Fig. 6: top-1 drop after deleting one layer, deleting several layers and permuting layers."""
+    rows = add_scheme(at_reference_lam(full_runs(ct_and_st(destruct))))
+    rows = rows[rows["n"] > 0]
+    modes = [mode for mode in ("delete-one", "delete-many", "permute") if mode in set(rows["mode"])]
+    if not modes:
+        raise NotEnoughData("no delete-one, delete-many or permute rows with n > 0")
+    hue_order = scheme_order(rows["scheme"])
+    palette = {scheme: scheme_colour(scheme) for scheme in hue_order}
+    titles = {"delete-one": "(a) deleting one layer", "delete-many": "(b) deleting several layers",
+              "permute": "(c) permuting layers"}
+    xlabels = {"delete-one": "deleted layer", "delete-many": "deleted layers",
+               "permute": "permuting operations"}
+
+    use_style()
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 3.4), squeeze=False, layout="constrained")
+    for ax, mode in zip(axes[0], modes):
+        mode_rows = rows[rows["mode"] == mode]
+        if mode == "delete-one":
+            mode_rows = mode_rows.assign(layer=mode_rows["layers"].astype(int))
+            sns.barplot(data=mode_rows, x="layer", y="drop", hue="scheme", hue_order=hue_order, palette=palette,
+                        errorbar="sd", ax=ax)
+        else:
+            sns.boxplot(data=mode_rows, x="n", y="drop", hue="scheme", hue_order=hue_order, palette=palette,
+                        fliersize=2, linewidth=0.8, ax=ax)
+        ax.set_title(titles[mode])
+        ax.set_xlabel(xlabels[mode])
+        ax.set_ylabel("top-1 drop (%)")
+    _figure_legend(fig, list(axes[0]))
+    return fig
+
+
+def plot_kl(kl: pd.DataFrame) -> Figure:
+    """Fig. 7: distribution of KL(main || sub-network) over sub-networks at each recorded epoch, CT vs ST."""
+    rows = add_scheme(at_reference_lam(full_runs(kl)))
+    rows = rows[rows["scheme"].isin(["CT", "ST"]) & ~rows["is_main"]]
+    if rows.empty:
+        raise NotEnoughData("no sub-network rows of CT or full-space ST runs")
+    hue_order = scheme_order(rows["scheme"])
+
+    use_style()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * rows["epoch"].nunique() + 2.5), 3.8), layout="constrained")
+    sns.boxplot(data=rows, x="epoch", y="kl", hue="scheme", hue_order=hue_order,
+                palette={s: scheme_colour(s) for s in hue_order}, fliersize=2, linewidth=0.8, ax=ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("KL(main || sub-network)")
+    _figure_legend(fig, [ax])
+    return fig
+
+
+def plot_trajectories(log: pd.DataFrame) -> Figure:
+    """Fig. r2: training loss and test top-1 per epoch, CT vs ST, with a star at each scheme's best test top-1."""
+    rows = add_scheme(at_reference_lam(full_runs(log)))
+    rows = rows[rows["scheme"].isin(["CT", "ST"])]
+    if rows.empty:
+        raise NotEnoughData("no epochs of CT or full-space ST runs")
+    hue_order = scheme_order(rows["scheme"])
+    palette = {s: scheme_colour(s) for s in hue_order}
+
+    use_style()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    panels = (("loss", "training loss"), ("test_top1_recalibrated", "test top-1, BN recalibrated (%)"))
+    for ax, (column, ylabel) in zip(axes, panels):
+        sns.lineplot(data=rows, x="epoch", y=column, hue="scheme", hue_order=hue_order, palette=palette,
+                     errorbar="sd", ax=ax)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+    for scheme in hue_order:
+        mean_per_epoch = rows[rows["scheme"] == scheme].groupby("epoch")["test_top1_recalibrated"].mean()
+        best_epoch = mean_per_epoch.idxmax()
+        axes[1].scatter([best_epoch], [mean_per_epoch[best_epoch]], marker="*", s=160, color=palette[scheme],
+                        edgecolor="black", linewidth=0.5, zorder=3)
+        axes[1].annotate(f"{mean_per_epoch[best_epoch]:.2f}", (best_epoch, mean_per_epoch[best_epoch]),
+                         textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
+    _figure_legend(fig, list(axes))
+    return fig
+
+
+def plot_lambda(measure: pd.DataFrame) -> Figure:
+    """Fig. r3: main-network and mean sub-network top-1 of full-space ST against λ, CT as a dashed line."""
+    stats = per_run_subnetwork_stats(add_space_size(full_runs(ct_and_st(measure))))
+    st = stats[stats["scheme"] == "ST"]
+    ct = stats[stats["scheme"] == "CT"]
+    if st["lam"].nunique() < 2:
+        raise NotEnoughData("needs full-space ST runs with at least two different λ")
+    x_of_lam = _categorical_x(st["lam"])
+    st = st.assign(x=st["lam"].map(x_of_lam))
+    panels = (("main_top1", "main network top-1 (%)"), ("sub_mean", "sub-network mean top-1 (%)"))
+
+    use_style()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    for ax, (column, ylabel) in zip(axes, panels):
+        means = st.groupby("x")[column].mean()
+        ax.plot(means.index, means.values, color=scheme_colour("ST"), linewidth=1, zorder=1)
+        ax.scatter(st["x"], st[column], color=scheme_colour("ST"), s=25, zorder=2, label="ST")
+        if ct[column].notna().any():
+            ax.axhline(ct[column].mean(), color=scheme_colour("CT"), linestyle="--", linewidth=1, label="CT")
+        ax.set_xticks(list(x_of_lam.values()), [_format_number(lam) for lam in x_of_lam])
+        ax.set_xlabel("λ (weight of the KL loss)")
+        ax.set_ylabel(ylabel)
+    _figure_legend(fig, list(axes))
+    return fig

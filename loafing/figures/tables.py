@@ -1,0 +1,98 @@
+"""The paper's tables: pure functions `table_*(df) -> DataFrame`, and how a table is written (Markdown, PNG)."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from loafing.figures.plots import use_style
+from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam, full_runs,
+                                    per_plan_means, per_run_subnetwork_stats, scheme_order)
+from loafing.figures.stats import interval_text, mean_interval, p_text, paired_difference
+
+
+def table_main_and_subnetworks(measure: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 (every method): per scheme, main-network top-1 and sub-network mean/std top-1 with their spread
+    over seeds, and each scheme's sub-networks against CT's, paired by plan (mean difference, 95% CI, paired-t
+    and Wilcoxon p)."""
+    shaped = add_space_size(at_reference_lam(full_runs(measure)))
+    stats = per_run_subnetwork_stats(shaped)
+    if stats.empty:
+        raise NotEnoughData("no runs of the whole network")
+    plan_means = per_plan_means(shaped)
+    rows = []
+    for label in scheme_order(stats["label"]):
+        runs = stats[stats["label"] == label]
+        several = len(runs) >= 2
+        versus_ct = (paired_difference(plan_means.loc[label], plan_means.loc["CT"])
+                     if label != "CT" and "CT" in plan_means.index else None)
+        rows.append({"scheme": label, "seeds": len(runs),
+                     "main top-1": runs["main_top1"].mean(),
+                     "main top-1 seed std": runs["main_top1"].std(ddof=1) if several else np.nan,
+                     "main top-1 95% CI": interval_text(*mean_interval(runs["main_top1"])),
+                     "sub-networks mean": runs["sub_mean"].mean(),
+                     "sub-networks std": runs["sub_std"].mean(),
+                     "sub-networks mean seed std": runs["sub_mean"].std(ddof=1) if several else np.nan,
+                     "sub-networks vs CT (paired)": versus_ct["mean"] if versus_ct else np.nan,
+                     "vs CT 95% CI": interval_text(versus_ct["low"], versus_ct["high"]) if versus_ct else "–",
+                     "vs CT p (t)": p_text(versus_ct["p_t"]) if versus_ct else "–",
+                     "vs CT p (Wilcoxon)": p_text(versus_ct["p_wilcoxon"]) if versus_ct else "–"})
+    return pd.DataFrame(rows)
+
+
+def table_cost(log: pd.DataFrame) -> pd.DataFrame:
+    """Table r4 (every method): per scheme, training time, throughput and peak memory, and their ratios to CT."""
+    rows = add_scheme(at_reference_lam(full_runs(log)))
+    if rows.empty:
+        raise NotEnoughData("no epochs of runs of the whole network")
+    per_run = rows.groupby("run", as_index=False).agg(scheme=("scheme", "first"), seconds=("seconds", "sum"),
+                                                      examples_per_s=("examples_per_s", "mean"),
+                                                      peak_memory_mib=("peak_memory_mib", "max"),
+                                                      memory_kind=("memory_kind", "first"))
+    table = []
+    for scheme in scheme_order(per_run["scheme"]):
+        runs = per_run[per_run["scheme"] == scheme]
+        table.append({"scheme": scheme, "seeds": len(runs), "training time (s)": runs["seconds"].mean(),
+                      "examples/s": runs["examples_per_s"].mean(),
+                      "peak memory (MiB)": runs["peak_memory_mib"].max(),
+                      "memory kind": ",".join(sorted(set(runs["memory_kind"].dropna().astype(str))))})
+    table = pd.DataFrame(table)
+    ct = table[table["scheme"] == "CT"]
+    ct_time = ct["training time (s)"].iloc[0] if len(ct) else np.nan
+    ct_memory = ct["peak memory (MiB)"].iloc[0] if len(ct) else np.nan
+    table["time vs CT"] = table["training time (s)"] / ct_time
+    table["memory vs CT"] = table["peak memory (MiB)"] / ct_memory
+    return table
+
+
+def _cell_text(value: object) -> str:
+    """How one table cell is written: floats with 2 decimals, missing values as a dash."""
+    if isinstance(value, (float, np.floating)):
+        return "–" if np.isnan(value) else f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(table: pd.DataFrame, title: str) -> str:
+    """A small markdown document: the title as a heading, then the table (numbers right-aligned)."""
+    aligns = ["---:" if pd.api.types.is_numeric_dtype(table[c]) else "---" for c in table.columns]
+    lines = [f"# {title}", "", "| " + " | ".join(table.columns) + " |", "| " + " | ".join(aligns) + " |"]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(_cell_text(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_table(table: pd.DataFrame) -> Figure:
+    """Draw a table as a figure (for a PNG next to the markdown)."""
+    cells = [[_cell_text(v) for v in row] for row in table.itertuples(index=False)]
+    widest = [max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in enumerate(table.columns)]
+    use_style()
+    fig, ax = plt.subplots(figsize=(0.055 * sum(widest) + 0.3 * len(widest) + 0.5, 0.3 * len(table) + 1.1),
+                           layout="constrained")
+    ax.axis("off")
+    drawn = ax.table(cellText=cells, colLabels=list(table.columns), loc="center", cellLoc="center")
+    drawn.auto_set_font_size(False)
+    drawn.set_fontsize(7)
+    drawn.auto_set_column_width(list(range(len(table.columns))))
+    drawn.scale(1.0, 1.3)
+    return fig

@@ -1,0 +1,86 @@
+"""The model registry: one spec per model, holding every fact the toolkit needs about it."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable
+
+from loafing.errors import LoafingError
+from loafing.models.staged import StagedModel
+from loafing.plans import Layout
+from loafing.recipes import RECIPES
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _no_name(depths: tuple[int, ...]) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it and the facts about it the toolkit relies on."""
+
+    name: str
+    build: Callable[[int, float], StagedModel]  # (num_classes, width_mult) -> model
+    description: str
+    recipe: str  # input size and augmentation family, a key of loafing.recipes.RECIPES
+    classifier_key: str  # state-dict key of the classifier weight: a foreign checkpoint's class count
+    normalization: Normalization = IMAGENET_NORMALIZATION  # default input normalization (foreign weights)
+    width_mult: bool = False  # whether --width-mult is supported
+    # The name of the architecture a plan with these per-stage depths is, if it has one (Fig. 1's labels).
+    architecture_name: Callable[[tuple[int, ...]], str | None] = field(default=_no_name)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images the model takes (from its recipe)."""
+        return RECIPES[self.recipe].image_size
+
+    def layout(self) -> Layout:
+        """The model's stages and skippable blocks."""
+        return _layout(self.name)
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the registry (a name can be registered once)."""
+    if spec.name in MODELS:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    if spec.recipe not in RECIPES:
+        raise ValueError(f"model {spec.name!r}: unknown recipe {spec.recipe!r}; valid choices: {', '.join(RECIPES)}")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def unregister_model(name: str) -> None:
+    """Remove a model from the registry (for models registered only for a while, e.g. in tests)."""
+    MODELS.pop(name, None)
+    _layout.cache_clear()
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a registered model; unknown names are rejected with the valid ones."""
+    if name not in MODELS:
+        raise LoafingError(f"unknown model {name!r}; valid choices: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def create_model(name: str, num_classes: int, width_mult: float = 1.0) -> StagedModel:
+    """Build a registered model with its spec's default input normalization."""
+    spec = get_spec(name)
+    if width_mult != 1.0 and not spec.width_mult:
+        supported = sorted(n for n, s in MODELS.items() if s.width_mult)
+        raise LoafingError(f"--width-mult is only supported by: {', '.join(supported)}")
+    if width_mult <= 0:
+        raise LoafingError(f"--width-mult must be positive, got {width_mult}")
+    model = spec.build(num_classes, width_mult)
+    model.set_normalization(*spec.normalization)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(name: str) -> Layout:
+    return create_model(name, 10).layout

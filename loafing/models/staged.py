@@ -1,0 +1,126 @@
+"""The staged view of a network: stem -> stages of blocks -> head, run by a plan."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from loafing.bn import frozen_bn_stats
+from loafing.conv import crop_conv_kernels
+from loafing.plans import Layout, Plan, validate_plan
+from loafing.segments import make_segment_aware, stacked_batches
+
+class StagedModel(nn.Module):
+    """A residual network seen as stem, body blocks and head; `model(x, plan)` runs the plan's blocks.
+
+    The wrapped network lives in `self.net` with its original parameter names, so foreign state
+    dicts (torchvision, akamaster CIFAR ResNets) load into `model.net` unchanged. A network whose
+    stem and head are modules of `net` passes them as `stem` and `head`; otherwise a subclass defines
+    `forward_stem`, `head`, `stem_modules` and `head_modules`.
+    """
+
+    def __init__(self, net: nn.Module, blocks: Sequence[nn.Module], stage_sizes: Sequence[int],
+                 skippable: Sequence[bool], stem: nn.Module | None = None, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.net = make_segment_aware(crop_conv_kernels(net))
+        # Plain tuples keep these out of the state dict: they are already registered under `net`.
+        self._blocks = tuple(blocks)
+        self._stem_and_head = (stem, head)
+        stages, start = [], 1
+        for n in stage_sizes:
+            stages.append(tuple(range(start, start + n)))
+            start += n
+        self.layout = Layout(tuple(stages), frozenset(i + 1 for i, s in enumerate(skippable) if s))
+        # Identity until set: create_model sets the spec's default, training the data set's, loading the checkpoint's.
+        self.register_buffer("input_mean", torch.zeros(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.ones(1, 3, 1, 1), persistent=False)
+        self._valid_plans: set[Plan] = {self.layout.main_plan}
+
+    def block(self, index: int) -> nn.Module:
+        """The body block with 1-based global index `index`."""
+        return self._blocks[index - 1]
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Set the per-channel input normalization the weights expect (inputs arrive in [0, 1])."""
+        self.input_mean.copy_(torch.tensor(mean).view(1, -1, 1, 1))
+        self.input_std.copy_(torch.tensor(std).view(1, -1, 1, 1))
+
+    @property
+    def normalization(self) -> dict[str, list[float]]:
+        """The input normalization as plain lists, for checkpoints."""
+        return {"mean": self.input_mean.flatten().tolist(), "std": self.input_std.flatten().tolist()}
+
+    def check_plan(self, plan: Plan) -> None:
+        """Raise LoafingError if `plan` is not valid for this model."""
+        if plan not in self._valid_plans:
+            validate_plan(plan, self.layout)
+            self._valid_plans.add(plan)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize the input and run the stem."""
+        return self.forward_stem((x - self.input_mean) / self.input_std)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem on a normalized input."""
+        return self._stem_and_head[0](x)
+
+    def stem_modules(self) -> list[nn.Module]:
+        """The modules the stem runs (for per-prefix BN statistics)."""
+        return [self._stem_and_head[0]]
+
+    def head_modules(self) -> list[nn.Module]:
+        """The modules the head runs (for per-prefix BN statistics)."""
+        return [self._stem_and_head[1]]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Features after the last stage -> logits."""
+        return self._stem_and_head[1](x)
+
+    def forward(self, x: torch.Tensor, plan: Plan | None = None) -> torch.Tensor:
+        """Logits of the network that runs `plan` (the main network if None)."""
+        plan = plan or self.layout.main_plan
+        self.check_plan(plan)
+        x = self.stem(x)
+        for b in plan.sequence():
+            x = self._blocks[b - 1](x)
+        return self.head(x)
+
+    def forward_without_bn_updates(self, x: torch.Tensor, plan: Plan | None = None) -> torch.Tensor:
+        """`forward`, but in train mode BN normalizes with batch statistics and leaves the running ones alone."""
+        with frozen_bn_stats(self):
+            return self(x, plan)
+
+    def forward_with_subnetwork(self, x: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Main and `plan` logits in one graph, the same as two separate forwards in train mode.
+
+        Blocks on the common prefix run once. After that, every block both networks run (for an
+        ordered sub-network: all of its remaining blocks, and the head) runs once on the two
+        batches stacked, each half normalized by BN with its own batch statistics. Only the main
+        network updates running statistics.
+        """
+        self.check_plan(plan)
+        sub_seq = plan.sequence()
+        n = x.shape[0]
+        main = sub = self.stem(x)
+        stacked = None  # torch.cat([main, sub]) while consecutive blocks run on both
+        i = 0  # position of the sub-network's next block
+        for b in self.layout.main_plan.sequence():
+            block = self._blocks[b - 1]
+            if i < len(sub_seq) and sub_seq[i] == b:
+                i += 1
+                if main is sub:
+                    main = sub = block(main)
+                    continue
+                with stacked_batches(n):
+                    stacked = block(torch.cat([main, sub]) if stacked is None else stacked)
+                main, sub = stacked[:n], stacked[n:]
+            else:
+                main, stacked = block(main), None
+        with frozen_bn_stats(self):  # blocks of a plan that reorders the main network's
+            for b in sub_seq[i:]:
+                sub, stacked = self._blocks[b - 1](sub), None
+        # The head always runs stacked, even on one shared input, so each half gets its own dropout mask.
+        with stacked_batches(n):
+            logits = self.head(torch.cat([main, sub]) if stacked is None else stacked)
+        return logits[:n], logits[n:]

@@ -1,0 +1,69 @@
+"""torchvision's MobileNetV3-Large and bottleneck ResNets, with the staged view."""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from loafing.models.registry import IMAGENET_NORMALIZATION, ModelSpec, register_model
+from loafing.models.staged import StagedModel
+
+
+class StagedMobileNetV3(StagedModel):
+    """torchvision MobileNetV3-Large; body = paper Table r1 layers 1-14 = features[2..15]."""
+
+    STAGE_SIZES = (2, 3, 4, 2, 3)
+
+    def __init__(self, num_classes: int, width_mult: float = 1.0) -> None:
+        net = torchvision.models.mobilenet_v3_large(num_classes=num_classes, width_mult=width_mult)
+        blocks = list(net.features[2:16])
+        super().__init__(net, blocks, self.STAGE_SIZES, [b.use_res_connect for b in blocks])
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features[1](self.net.features[0](x))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.net.avgpool(self.net.features[16](x))
+        return self.net.classifier(torch.flatten(x, 1))
+
+    def stem_modules(self) -> list[nn.Module]:
+        return [self.net.features[0], self.net.features[1]]
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.net.features[16], self.net.classifier]
+
+
+class StagedTorchvisionResNet(StagedModel):
+    """torchvision bottleneck ResNet; stem conv1..maxpool, stages layer1..layer4, head avgpool + fc."""
+
+    def __init__(self, net: torchvision.models.ResNet) -> None:
+        layers = (net.layer1, net.layer2, net.layer3, net.layer4)
+        blocks = [b for layer in layers for b in layer]
+        super().__init__(net, blocks, [len(layer) for layer in layers], [b.downsample is None for b in blocks])
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        return n.maxpool(n.relu(n.bn1(n.conv1(x))))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.fc(torch.flatten(self.net.avgpool(x), 1))
+
+    def stem_modules(self) -> list[nn.Module]:
+        return [self.net.conv1, self.net.bn1]
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.net.fc]
+
+
+register_model(ModelSpec(
+    name="mobilenet_v3_large", build=StagedMobileNetV3,
+    description="torchvision MobileNetV3-Large; body = the paper's Table r1 layers 1-14",
+    recipe="imagenet", classifier_key="classifier.3.weight", normalization=IMAGENET_NORMALIZATION,
+    width_mult=True))
+
+for _name, _builder in (("resnet50", torchvision.models.resnet50), ("resnet101", torchvision.models.resnet101)):
+    register_model(ModelSpec(
+        name=_name, build=lambda num_classes, width_mult, builder=_builder: StagedTorchvisionResNet(
+            builder(num_classes=num_classes)),
+        description=f"torchvision {_name} (bottleneck blocks)", recipe="imagenet", classifier_key="fc.weight",
+        normalization=IMAGENET_NORMALIZATION))

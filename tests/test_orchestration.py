@@ -1,0 +1,71 @@
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from loafing.analyses.paper import lambda_ablation
+from loafing.config import TrainConfig
+from loafing.errors import LoafingError
+from loafing.reproduce import Preset, RunSpec, is_complete, reproduce, train_once
+
+
+def test_lambda_ablation_sweeps_lambda_and_seeds(tmp_path):
+    base = TrainConfig(model="resnet20-cifar", epochs=1, device="cpu", lr=0.1, calib_size=64)
+    study = lambda_ablation(base, lams=[0.5, 2.0], seeds=[0, 1])
+    assert [(r.config.method, r.config.lam, r.config.seed) for r in study.runs] == [
+        ("ct", 1.0, 0), ("ct", 1.0, 1), ("st", 0.5, 0), ("st", 0.5, 1), ("st", 2.0, 0), ("st", 2.0, 1)]
+    assert len({r.name for r in study.runs}) == 6
+    chosen = dataclasses.replace(study, runs=(study.runs[0], study.runs[5]), calib_size=128)
+    reproduce(chosen, tmp_path, device="cpu", jobs=1, progress=False)
+    runs = tmp_path / "runs"
+    assert all(is_complete(dataclasses.replace(r.config, out=str(runs / r.name))) for r in chosen.runs)
+    stamp = (runs / chosen.runs[1].name / "checkpoint.pt").stat().st_mtime_ns
+    summary, _ = reproduce(chosen, tmp_path, device="cpu", jobs=1, progress=False)  # same runs: reused
+    assert not summary["trained"].any()
+    assert (runs / chosen.runs[1].name / "checkpoint.pt").stat().st_mtime_ns == stamp
+    table = pd.read_csv(tmp_path / "results" / "measure.csv")
+    assert sorted(set(zip(table["method"], table["lam"], table["seed"]))) == [("ct", 1.0, 0), ("st", 2.0, 1)]
+    assert len(table) == 2 * 27
+    assert set(table["calib_size"]) == {128}
+
+
+def test_lambda_ablation_command_dry_run(run_cli):
+    code, out, _ = run_cli("lambda-ablation", "--lams", "0.5,2", "--seeds", "0,1", "--model", "resnet20-cifar",
+                           "--dry-run")
+    assert code == 0
+    assert all(name in out for name in ("ct-seed0", "ct-seed1", "st-lam0.5-seed0", "st-lam2-seed1"))
+    code, _, err = run_cli("lambda-ablation", "--lams", "0.5,x", "--dry-run")
+    assert code == 2 and "--lams takes comma-separated numbers" in err and len(err.strip().splitlines()) == 1
+
+
+def test_changed_config_is_not_complete(tmp_path):
+    config = TrainConfig(model="resnet20-cifar", epochs=1, device="cpu", lr=0.1, seed=3, calib_size=64,
+                         out=str(tmp_path / "ct"))
+    train_once(config, progress=False)
+    assert is_complete(config)
+    assert not is_complete(dataclasses.replace(config, epochs=2))
+    state = torch.load(Path(config.out) / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1
+
+
+def test_train_once_replaces_a_run_of_another_config_and_ignores_the_device(tmp_path):
+    config = TrainConfig(model="resnet20-cifar", epochs=1, device="cpu", lr=0.1, calib_size=64,
+                         out=str(tmp_path / "run"))
+    train_once(config, progress=False)
+    stamp = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
+    assert is_complete(dataclasses.replace(config, device="auto"))  # where it runs does not identify a run
+    changed = dataclasses.replace(config, lr=0.2)
+    train_once(changed, progress=False)  # another recipe in the same folder: trained afresh, not resumed
+    assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns != stamp
+    assert pd.read_csv(tmp_path / "run" / "train_log.csv")["lr"].tolist() == [0.2]
+    assert is_complete(changed) and not is_complete(config)
+
+
+def test_a_preset_with_bad_settings_fails_before_any_run(tmp_path):
+    runs = (RunSpec("ok", TrainConfig(model="resnet20-cifar", epochs=1)),
+            RunSpec("bad", TrainConfig(model="resnet20-cifar", epochs=1, lr=-1.0)))
+    with pytest.raises(LoafingError, match="--lr must be greater than 0, got -1.0"):
+        reproduce(Preset("bad", "test", runs, calib_size=64), tmp_path, device="cpu", jobs=1, progress=False)
+    assert not (tmp_path / "runs").exists()
