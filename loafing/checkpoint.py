@@ -1,15 +1,19 @@
 """Checkpoints: the toolkit's own (complete) format and foreign ones (akamaster CIFAR ResNets, torchvision)."""
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from loafing.errors import LoafingError
+from loafing.errors import LoafingError, LoafingWarning
 from loafing.io import save_torch
 from loafing.models import StagedModel, create_model, get_spec
+from loafing.schema import FOREIGN_METHOD
 
 FORMAT = "loafing-checkpoint"
 FORMAT_VERSION = 1
@@ -42,13 +46,29 @@ def save_checkpoint(path: str | Path, model: StagedModel, optimizer: torch.optim
     save_torch(state, path)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU, with one-line errors for missing or unreadable files."""
+def read_checkpoint(path: str | Path, unsafe_load: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU with `weights_only=True` (tensors and plain types only, so nothing in
+    the file can run code), with one-line errors for missing, unreadable or unsafe files.
+
+    `unsafe_load` unpickles anything, for a file the user trusts that holds other Python objects.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise LoafingError(f"checkpoint {str(path)!r} is a folder, not a checkpoint file")
     if not path.is_file():
         raise LoafingError(f"checkpoint {str(path)!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols it reads fine
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=not unsafe_load)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:  # not an object the safe unpickler refused, but bytes that are no pickle at all
+            raise LoafingError(f"checkpoint {str(path)!r} is unreadable: {type(err).__name__}") from None
+        what = f" ({found.group(1)})"
+        raise LoafingError(
+            f"checkpoint {str(path)!r} holds Python objects{what} that only full unpickling can rebuild, which can "
+            "run code; nothing in it was run. Pass --unsafe-load only if you trust the file") from None
     except Exception as err:  # torch raises many types for corrupt files
         raise LoafingError(f"checkpoint {str(path)!r} is unreadable: {type(err).__name__}") from None
     if not isinstance(obj, dict):
@@ -63,8 +83,16 @@ def _strip_prefix(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], what: str) -> None:
-    """Strictly load `state_dict`, reporting missing, unexpected and mis-shaped keys in one line."""
+    """Strictly load `state_dict`, reporting missing, unexpected and mis-shaped keys in one line.
+
+    As PyTorch itself does for files saved before BatchNorm counted its batches, a missing
+    `num_batches_tracked` buffer (and only that) is accepted and starts at 0.
+    """
     own = module.state_dict()
+    state_dict = dict(state_dict)
+    for key in own:
+        if key.endswith(".num_batches_tracked") and key not in state_dict:
+            state_dict[key] = torch.zeros_like(own[key])
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
@@ -76,16 +104,22 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], what: str)
     module.load_state_dict(state_dict)
 
 
+def warn_if_not_finite(model: torch.nn.Module, path: str | Path) -> None:
+    """Warn (LoafingWarning) when a checkpoint's weights or statistics hold NaN or infinite values."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        warnings.warn(LoafingWarning(f"checkpoint {str(path)!r} holds non-finite values in {len(bad)} tensors "
+                                     f"(e.g. {bad[0]}): every number measured from it is meaningless"), stacklevel=2)
 
 
 def load_model(path: str | Path, model_name: str | None = None, width_mult: float = 1.0,
-               num_classes: int | None = None) -> LoadedModel:
-    """Build the model a checkpoint describes and load its weights.
+               num_classes: int | None = None, unsafe_load: bool = False) -> LoadedModel:
+    """Build the model a checkpoint describes and load its weights (see `read_checkpoint` for `unsafe_load`).
 
     The toolkit's own checkpoints name their model; foreign ones (akamaster's `{'state_dict',
     'best_prec1'}` with `module.` keys, or a torchvision state dict) need `model_name`.
     """
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, unsafe_load)
     if obj.get("format") == FORMAT:
         config = dict(obj["config"])
         if model_name and model_name != config["model"]:
@@ -93,6 +127,7 @@ def load_model(path: str | Path, model_name: str | None = None, width_mult: floa
         model = create_model(config["model"], config["num_classes"], config.get("width_mult", 1.0))
         load_weights(model, obj["model"], f"checkpoint {str(path)!r}")
         model.set_normalization(obj["normalization"]["mean"], obj["normalization"]["std"])
+        warn_if_not_finite(model, path)
         return LoadedModel(model.eval(), config, "loafing")
 
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -110,6 +145,7 @@ def load_model(path: str | Path, model_name: str | None = None, width_mult: floa
     classes = num_classes or int(state_dict[classifier].shape[0])
     model = create_model(model_name, classes, width_mult)  # with the spec's default input normalization
     load_weights(model.net, state_dict, f"checkpoint {str(path)!r}")
-    config = {"model": model_name, "width_mult": width_mult, "num_classes": classes, "method": "external",
+    warn_if_not_finite(model, path)
+    config = {"model": model_name, "width_mult": width_mult, "num_classes": classes, "method": FOREIGN_METHOD,
               "source": source, "run": Path(path).stem}
     return LoadedModel(model.eval(), config, source)

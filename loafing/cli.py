@@ -10,13 +10,14 @@ import sys
 import time
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
 
-from loafing.config import AT_LEAST_1, Range, TrainConfig, check_choice, check_number, config_fields
-from loafing.errors import LoafingError
+from loafing.config import AT_LEAST_1, SEED, Range, TrainConfig, check_choice, check_number, config_fields
+from loafing.errors import LoafingError, LoafingWarning
 
 
 class RegistryChoice(click.Choice):
@@ -87,6 +88,7 @@ def config_options(names: Sequence[str] | None = None) -> Callable:
 
 
 POSITIVE_INT = CheckedNumber(int, AT_LEAST_1)
+SEED_INT = CheckedNumber(int, SEED)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -128,10 +130,15 @@ def evaluation_options(f: Callable) -> Callable:
                      help="Data set (default: the checkpoint's, else digits)."),
         click.option("--data-dir", default=None, help="Folder holding the data set."),
         click.option("--download", is_flag=True, help="Download the data set if missing (needs network)."),
+        click.option("--image-size", type=POSITIVE_INT, default=None,
+                     help="Side of the input images [default: the checkpoint's, else the model's recipe]."),
+        click.option("--unsafe-load", is_flag=True,
+                     help="Unpickle a checkpoint that holds Python objects besides tensors (this can run code in "
+                     "it): only for a file you trust."),
         click.option("--calib-size", type=POSITIVE_INT, default=2000,
                      help="Training images used for BN recalibration."),
         click.option("--no-recalibrate", is_flag=True, help="Evaluate with the stored BN statistics."),
-        click.option("--seed", type=int, default=0, help="Seed choosing the calibration subset (and samples)."),
+        click.option("--seed", type=SEED_INT, default=0, help="Seed choosing the calibration subset (and samples)."),
         click.option("--batch-size", type=POSITIVE_INT, default=256),
         click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N."),
         click.option("--out", required=True, help="CSV file to write."),
@@ -143,20 +150,16 @@ def evaluation_options(f: Callable) -> Callable:
 
 
 def load_for_evaluation(ckpt: str, model: str | None, width_mult: float, dataset: str | None,
-                        data_dir: str | None, download: bool, device: str):
+                        data_dir: str | None, download: bool, image_size: int | None, unsafe_load: bool,
+                        device: str):
     """Load the checkpoint and the data set it is evaluated on."""
     from loafing.checkpoint import load_model
-    from loafing.data import load_dataset
     from loafing.evaluate import resolve_device
+    from loafing.measure import evaluation_data
 
     torch_device = resolve_device(device)
-    loaded = load_model(ckpt, model, width_mult)
-    dataset = dataset or loaded.config.get("dataset") or "digits"
-    data = load_dataset(dataset, data_dir or loaded.config.get("data_dir"), download)
-    if data.num_classes != loaded.config["num_classes"]:
-        raise LoafingError(f"checkpoint has {loaded.config['num_classes']} classes but {dataset} has "
-                           f"{data.num_classes}")
-    return loaded, data, torch_device
+    loaded = load_model(ckpt, model, width_mult, unsafe_load=unsafe_load)
+    return loaded, evaluation_data(loaded, dataset, data_dir, download, image_size), torch_device
 
 
 @cli.command()
@@ -165,15 +168,19 @@ def load_for_evaluation(ckpt: str, model: str | None, width_mult: float, dataset
               help="Plans to evaluate.")
 @click.option("--plan", "plan_texts", multiple=True, help="Evaluate this plan (repeatable) instead of --space.")
 def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None, data_dir: str | None,
-            download: bool, calib_size: int, no_recalibrate: bool, seed: int, batch_size: int, device: str,
-            out: str, quiet: bool, space: str, plan_texts: tuple[str, ...]) -> None:
+            download: bool, image_size: int | None, unsafe_load: bool, calib_size: int, no_recalibrate: bool,
+            seed: int, batch_size: int, device: str, out: str, quiet: bool, space: str,
+            plan_texts: tuple[str, ...]) -> None:
     """Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV."""
+    from loafing.io import check_output_file
     from loafing.measure import measure_plans, plans_to_measure, summarize_measure
     from loafing.plans import parse_plan
     from loafing.schema import write_table
 
+    check_output_file(out, [ckpt])
     plans = [parse_plan(text) for text in plan_texts]
-    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download, device)
+    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download,
+                                                     image_size, unsafe_load, device)
     plans = plans or plans_to_measure(loaded, space)
     df = measure_plans(loaded, plans, data, calib_size=calib_size, recalibrate=not no_recalibrate, seed=seed,
                        batch_size=batch_size, device=torch_device, progress=not quiet,
@@ -181,11 +188,11 @@ def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None
     write_table(df, out, "measure")
     s = summarize_measure(df)
     click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {len(df)} plans on {data.name} -> {out}")
-    line = f"main top-1 {s['main_top1']:.2f}%"
+    parts = [f"main top-1 {s['main_top1']:.2f}%" if s["n_subnetworks"] < len(df) else "main network not measured"]
     if s["n_subnetworks"]:
-        line += (f" | {s['n_subnetworks']} sub-networks: max {s['sub_max']:.2f} mean {s['sub_mean']:.2f} "
-                 f"std {s['sub_std']:.2f} min {s['sub_min']:.2f}")
-    click.echo(line)
+        parts.append(f"{s['n_subnetworks']} sub-networks: max {s['sub_max']:.2f} mean {s['sub_mean']:.2f} "
+                     f"std {s['sub_std']:.2f} min {s['sub_min']:.2f}")
+    click.echo(" | ".join(parts))
 
 
 @cli.command()
@@ -195,13 +202,16 @@ def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None
 @click.option("--max-combos", type=POSITIVE_INT, default=200,
               help="Per number of deleted layers / swaps, evaluate at most this many (a seeded sample).")
 def destruct(ckpt: str, model: str | None, width_mult: float, dataset: str | None, data_dir: str | None,
-             download: bool, calib_size: int, no_recalibrate: bool, seed: int, batch_size: int, device: str,
-             out: str, quiet: bool, mode: str, max_combos: int) -> None:
+             download: bool, image_size: int | None, unsafe_load: bool, calib_size: int, no_recalibrate: bool,
+             seed: int, batch_size: int, device: str, out: str, quiet: bool, mode: str, max_combos: int) -> None:
     """Delete or permute layers and measure the accuracy drop of every destroyed network."""
     from loafing.destruct import destruct as run_destruct, summarize_drops
+    from loafing.io import check_output_file
     from loafing.schema import write_table
 
-    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download, device)
+    check_output_file(out, [ckpt])
+    loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download,
+                                                     image_size, unsafe_load, device)
     df = run_destruct(loaded, data, mode, max_combos=max_combos, calib_size=calib_size,
                       recalibrate=not no_recalibrate, seed=seed, batch_size=batch_size, device=torch_device,
                       progress=not quiet)
@@ -215,15 +225,17 @@ def destruct(ckpt: str, model: str | None, width_mult: float, dataset: str | Non
 @cli.command()
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results/quick",
               help="Folder of tidy CSVs (measure.csv, destruct.csv, kl_trajectory.csv, train_log.csv).")
-@click.option("--out", type=click.Path(file_okay=False), default="figures/quick", help="Folder for the PNGs.")
+@click.option("--out", type=str, default="figures/quick", help="Folder for the PNGs.")
 @click.option("--only", multiple=True, type=_registry("figure", "loafing.figures", "FIGURES"),
               help="Make only these figures (repeatable), e.g. --only fig4.")
 def figures(results_dir: str, out: str, only: tuple[str, ...]) -> None:
     """Make every figure and table of the paper whose CSVs are present; say which were skipped and why."""
     from loafing.figures import make_figures
+    from loafing.io import check_output_folder
 
     if not Path(results_dir).is_dir():
         raise LoafingError(f"results folder {results_dir!r} does not exist")
+    check_output_folder(out)
     echo_figures(make_figures(results_dir, out, list(only) or None))
 
 
@@ -237,10 +249,56 @@ def echo_figures(outcomes) -> None:
             click.echo(f"  {label:8s} {', '.join(str(p) for p in outcome.paths)}")
 
 
+@cli.command("inside-vs-alone")
+@click.option("--ckpt", "checkpoints", multiple=True, required=True,
+              help="A checkpoint, as PATH (loafing's own) or MODEL=PATH (foreign); give two or more of one family.")
+@click.option("--dataset", type=_registry("dataset", "loafing.data", "DATASETS"), default=None,
+              help="Data set (default: the first checkpoint's, else digits).")
+@click.option("--data-dir", default=None, help="Folder holding the data set.")
+@click.option("--image-size", type=POSITIVE_INT, default=None, help="Side of the input images.")
+@click.option("--unsafe-load", is_flag=True, help="Unpickle checkpoints that hold other Python objects (only "
+              "for files you trust).")
+@click.option("--calib-size", type=POSITIVE_INT, default=2000, help="Training images used for BN recalibration.")
+@click.option("--seed", type=SEED_INT, default=0, help="Seed choosing the calibration subset.")
+@click.option("--batch-size", type=POSITIVE_INT, default=256)
+@click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N.")
+@click.option("--out", type=str, required=True,
+              help="Folder for measure.csv and the figures (fig1, the inside grid).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir: str | None, image_size: int | None,
+                    unsafe_load: bool, calib_size: int, seed: int, batch_size: int, device: str, out: str,
+                    quiet: bool) -> None:
+    """Fig. 1 / Tables r5, r6: each smaller network inside each bigger one (BN-recalibrated) vs each on its own."""
+    from loafing.checkpoint import load_model
+    from loafing.evaluate import resolve_device
+    from loafing.figures import make_figures
+    from loafing.inside import inside_vs_alone as study
+    from loafing.io import check_output_file, check_output_folder
+    from loafing.measure import evaluation_data
+    from loafing.schema import write_table
+
+    paths = [text.rpartition("=")[2] for text in checkpoints]
+    check_output_file(Path(check_output_folder(out)) / "measure.csv", paths)
+    torch_device = resolve_device(device)
+    networks = []
+    for text in checkpoints:
+        model, _, path = text.rpartition("=")
+        networks.append(load_model(path, model or None, unsafe_load=unsafe_load))
+    data = evaluation_data(networks[0], dataset, data_dir, False, image_size)
+    for loaded in networks[1:]:
+        evaluation_data(loaded, data.name, data_dir, False, image_size)  # same classes and recipe, checked
+    table = study(networks, data, calib_size=calib_size, seed=seed, batch_size=batch_size, device=torch_device,
+                  progress=not quiet)
+    write_table(table, Path(out) / "measure.csv", "measure")
+    outcomes = make_figures(out, out, ["fig1", "inside"])
+    click.echo((Path(out) / "inside.md").read_text() if (Path(out) / "inside.md").exists() else "")
+    echo_figures(outcomes)
+
+
 def orchestration_options(f: Callable) -> Callable:
     """Options of the commands that run a study through the orchestrator."""
     options = [
-        click.option("--out", type=click.Path(file_okay=False), default=None,
+        click.option("--out", type=str, default=None,
                      help="Folder for runs/, results/ and figures/ [default: reproduce/PRESET]."),
         click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N."),
         click.option("--jobs", type=POSITIVE_INT, default=None,
@@ -257,6 +315,7 @@ def orchestration_options(f: Callable) -> Callable:
 def run_study(study, out: str | None, data_dir: str | None, device: str, jobs: int | None, dry_run: bool,
               quiet: bool) -> None:
     """Describe (--dry-run) or run a study definition through the orchestrator and report what it did."""
+    from loafing.io import check_output_folder
     from loafing.reproduce import describe_plan, reproduce as run_preset
 
     if dry_run:
@@ -270,7 +329,7 @@ def run_study(study, out: str | None, data_dir: str | None, device: str, jobs: i
                 line += f", about {plan['paper_gpu_hours'].sum():.0f} GPU-hours at the paper's pace"
             click.echo(line)
         return
-    out = out or str(Path("reproduce") / study.name)
+    out = str(check_output_folder(out or Path("reproduce") / study.name))
     start = time.perf_counter()
     summary, outcomes = run_preset(study, out, device=device, jobs=jobs, data_dir=data_dir, progress=not quiet)
     columns = ["run", "trained", "main_top1", "sub_mean", "sub_std", "sub_min", "train_s"]
@@ -306,7 +365,11 @@ def lambda_ablation(lams: str, seeds: str, out: str | None, device: str, jobs: i
     lam_values = [float(v) for v in _numbers(lams, "--lams")]
     for lam in lam_values:
         check_number("--lams", lam, Range(0))
+    if not all(v.isdigit() for v in _numbers(seeds, "--seeds")):
+        raise LoafingError(f"--seeds takes comma-separated non-negative integers, got {seeds!r}")
     seed_values = [int(v) for v in _numbers(seeds, "--seeds")]
+    for seed in seed_values:
+        check_number("--seeds", seed, SEED)
     study = ablation(TrainConfig(**base), lam_values, seed_values)
     run_study(study, out, base["data_dir"], device, jobs, dry_run, quiet)
 
@@ -349,16 +412,41 @@ def methods() -> None:
         click.echo(f"{name} ({method.label}): {method.description}; options: {options}")
 
 
+def one_line(message: str) -> str:
+    """An error message as one line; for an error raised in a DataLoader worker (which PyTorch wraps in the
+    worker's traceback), its own message."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if "Original Traceback" in message and lines:
+        return lines[-1].split("LoafingError: ", 1)[-1]
+    return " ".join(lines)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """LoafingWarnings as one line on stderr; other warnings as Python shows them."""
+    if issubclass(category, LoafingWarning):
+        click.echo(f"loafing: warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning bad input into one line on stderr and exit code 2."""
+    warnings.showwarning = _show_warning
     try:
         rc = cli.main(standalone_mode=False)
     except LoafingError as err:
-        click.echo(f"loafing: error: {err}", err=True)
+        click.echo(f"loafing: error: {one_line(str(err))}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("loafing: aborted", err=True)
         sys.exit(130)
+    except OSError as err:  # a full disk, a folder that became unwritable: after the checks, during the work
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        click.echo(f"loafing: error: {err.strerror or type(err).__name__}{where}", err=True)
+        sys.exit(2)
     except click.ClickException as err:
         click.echo(f"loafing: error: {err.format_message()}", err=True)
         sys.exit(2)

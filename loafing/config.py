@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,6 +46,7 @@ class Range:
 AT_LEAST_1 = Range(1)
 NON_NEGATIVE = Range(0)
 POSITIVE = Range(0, low_open=True)
+SEED = Range(0, 2**63 - 1, text="an integer from 0 to 2^63 - 1")
 
 
 def check_number(flag: str, value: float, allowed: Range | None) -> None:
@@ -96,6 +98,10 @@ class TrainConfig:
     dataset: str = option("digits", "Data set.", choices=_registry("datasets"), what="dataset")
     data_dir: str | None = option(None, "Folder holding the data set.")
     download: bool = option(False, "Download the data set if missing (needs network).")
+    image_size: int | None = option(None, "Side of the input images; default: the model's recipe (32 for CIFAR-style "
+                                    "models, 224 for ImageNet-style ones; digits are always 32).", range=AT_LEAST_1)
+    train_size: int | None = option(None, "Train on a seeded subset of this many training images (chosen by --seed).",
+                                    range=AT_LEAST_1)
     method: str = option("ct", "Training method (see `loafing methods`).", choices=_registry("methods"), what="method")
     lam: float = option(1.0, "ST: weight of the KL loss (paper Eq. 1).", range=NON_NEGATIVE)
     epochs: int = option(30, "Training epochs (the paper: 500 on CIFAR).", range=AT_LEAST_1)
@@ -106,7 +112,7 @@ class TrainConfig:
     bn_momentum: float | None = option(None, "BN running-statistics momentum; default: the model's own "
                                        "(torchvision's MobileNetV3: 0.01).", range=Range(0, 1, low_open=True))
     channels_last: bool = option(False, "Train with NHWC activations (about 2x faster on CPU for MobileNetV3).")
-    seed: int = option(0, "Seed of initialization, data order, ST sampling and the evaluation subsets.")
+    seed: int = option(0, "Seed of initialization, data order, ST sampling and the evaluation subsets.", range=SEED)
     device: str = option("auto", "auto | cpu | cuda | cuda:N.")
     workers: int = option(0, "DataLoader worker processes.", range=NON_NEGATIVE)
     eval_batch_size: int = option(256, "Batch size of the evaluations.", range=AT_LEAST_1)
@@ -115,7 +121,7 @@ class TrainConfig:
     plan: str | None = option(None, 'Train this sub-network alone (CT), e.g. "[1] [3,4] [6,7,8] [10] [12,13]".')
     space_size: int | None = option(None, "ST: sample from a seeded subset of this many ordered plans (always the "
                                     "smallest and the main).")
-    space_seed: int = option(0, "ST: seed choosing the restricted space's plans.")
+    space_seed: int = option(0, "ST: seed choosing the restricted space's plans.", range=SEED)
     st_step: str = option("shared", "ST: shared (common prefix once, then the blocks both networks run on the two "
                           "batches stacked) | simple (two full forwards).", choices=_registry("st_losses"),
                           what="ST step")
@@ -145,10 +151,19 @@ def validate_config(config: TrainConfig) -> None:
             check_choice(f.metadata["what"], value, f.metadata["choices"]())
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from a saved dict; an unknown or missing key is an error naming it."""
-    names = {f.name for f in config_fields()}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise LoafingError(f"unknown setting {unknown[0]!r} in a saved configuration")
-    return TrainConfig(**values)
+def config_from_dict(values: dict[str, Any], source: str = "a saved configuration") -> TrainConfig:
+    """A TrainConfig from a saved dict; an unknown key or a value of the wrong type is an error naming it."""
+    hints = typing.get_type_hints(TrainConfig)
+    for name, value in values.items():
+        if name not in hints:
+            raise LoafingError(f"{source}: unknown setting {name!r}")
+        allowed = typing.get_args(hints[name]) or (hints[name],)
+        if float in allowed:
+            allowed = (*allowed, int)
+        if type(value) not in allowed and not (value is None and type(None) in allowed):
+            kind = " | ".join("None" if t is type(None) else t.__name__ for t in typing.get_args(hints[name])) \
+                or hints[name].__name__
+            raise LoafingError(f"{source}: setting {name!r} is {value!r}, not {kind}")
+    config = TrainConfig(**values)
+    validate_config(config)
+    return config

@@ -1,28 +1,37 @@
-"""Data sets: embedded digits, CIFAR-10/100, image folders; calibration and probe subsets."""
+"""Data sets: embedded digits, CIFAR-10/100 and image folders; calibration and probe subsets.
+
+Image data sets apply the model's input recipe (`loafing.recipes`): a CIFAR ResNet sees 32x32
+images, an ImageNet-style network 224x224 crops, whatever the files hold. Small images (CIFAR-like,
+at most 64 pixels a side) are decoded once into one in-memory uint8 tensor and augmented as tensors,
+so an epoch costs what the model costs; larger ones are decoded on every access, in `--workers`
+processes.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from loafing.errors import LoafingError
+from loafing.recipes import RECIPES, Transform
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.25
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+SMALL_IMAGE_SIDE = 64  # images up to this size are decoded once and kept in memory
 
 
 @dataclass
 class DataSplits:
     """Train split (augmented), train split without augmentation (for BN calibration), test split.
 
-    Images arrive in [0, 1]; `mean`/`std` is the normalization a model trained on them uses (None: the
-    model's own default).
+    Images arrive in [0, 1] at `image_size`; `mean`/`std` is the normalization a model trained on them
+    uses (None: the model's own default).
     """
 
     name: str
@@ -32,13 +41,78 @@ class DataSplits:
     num_classes: int
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
+    image_size: int
 
 
-def load_digits_splits(data_dir: str | None = None, download: bool = False) -> DataSplits:
-    """scikit-learn's bundled 8x8 digits, resized to 32x32 RGB, fixed stratified 75/25 split."""
+class ImageSource:
+    """uint8 CHW images with integer labels: given as one tensor, or files decoded when first needed."""
+
+    def __init__(self, labels: Sequence[int], images: torch.Tensor | None = None,
+                 files: Sequence[str] | None = None) -> None:
+        self.labels = list(labels)
+        self.files = list(files) if files is not None else None
+        self.memory = images
+        self.decoded = torch.ones(len(self.labels), dtype=torch.bool) if images is not None else None
+        if self.files is not None:
+            first = decode_image(self.files[0])
+            self.shape = tuple(first.shape)
+            if max(self.shape[1:]) <= SMALL_IMAGE_SIDE:  # small: one uint8 tensor, filled as images are used
+                self.memory = torch.empty((len(self.files), *self.shape), dtype=torch.uint8)
+                self.decoded = torch.zeros(len(self.files), dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> torch.Tensor:
+        """Image `index` as uint8 CHW."""
+        if self.memory is None:
+            return decode_image(self.files[index])
+        if not self.decoded[index]:
+            image = decode_image(self.files[index])
+            if tuple(image.shape) != self.shape:  # a stray size in a folder of small images: brought to theirs
+                image = F.interpolate(image[None].float(), size=self.shape[1:], mode="bilinear",
+                                      antialias=True).round().clamp(0, 255).to(torch.uint8)[0]
+            self.memory[index] = image
+            self.decoded[index] = True
+        return self.memory[index]
+
+
+class Images(Dataset):
+    """(transformed image, label) pairs of an ImageSource."""
+
+    def __init__(self, source: ImageSource, transform: Transform) -> None:
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.source.image(index)), self.source.labels[index]
+
+
+def decode_image(path: str) -> torch.Tensor:
+    """An image file as a uint8 RGB CHW tensor; a file that is not an image is a one-line error naming it."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LoafingError(f"cannot decode image {path!r}: {reason}") from None
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+
+def load_digits_splits(data_dir: str | None = None, download: bool = False, recipe: str = "cifar",
+                       image_size: int | None = None) -> DataSplits:
+    """scikit-learn's bundled 8x8 digits, resized to 32x32 RGB (for every model), fixed stratified 75/25 split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    if image_size is not None:
+        raise LoafingError("--image-size applies to image data sets (cifar10, cifar100, imagefolder), "
+                           "not to digits, which every model sees at 32x32")
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
@@ -50,7 +124,7 @@ def load_digits_splits(data_dir: str | None = None, download: bool = False) -> D
     train = TensorDataset(images[train_idx], labels[train_idx])
     mean = tuple(images[train_idx].mean(dim=(0, 2, 3)).tolist())
     std = tuple(images[train_idx].std(dim=(0, 2, 3)).tolist())
-    return DataSplits("digits", train, train, TensorDataset(images[test_idx], labels[test_idx]), 10, mean, std)
+    return DataSplits("digits", train, train, TensorDataset(images[test_idx], labels[test_idx]), 10, mean, std, 32)
 
 
 def _require_dir(data_dir: str | None, name: str) -> Path:
@@ -62,52 +136,70 @@ def _require_dir(data_dir: str | None, name: str) -> Path:
     return path
 
 
-def _load_cifar(name: str, data_dir: str | None, download: bool) -> DataSplits:
-    from torchvision import datasets, transforms
+def _splits(name: str, train: ImageSource, test: ImageSource, num_classes: int, recipe: str,
+            image_size: int | None, mean: tuple[float, ...] | None = None,
+            std: tuple[float, ...] | None = None) -> DataSplits:
+    """Train, plain train and test splits of two sources with the recipe's transforms."""
+    if image_size is not None and image_size < 1:
+        raise LoafingError(f"--image-size must be at least 1, got {image_size}")
+    augment, plain = RECIPES[recipe].transforms(image_size)
+    return DataSplits(name, Images(train, augment), Images(train, plain), Images(test, plain), num_classes, mean, std,
+                      image_size or RECIPES[recipe].image_size)
+
+
+def _load_cifar(name: str, data_dir: str | None, download: bool, recipe: str,
+                image_size: int | None) -> DataSplits:
+    from torchvision import datasets
 
     root = Path(data_dir) if (download and data_dir) else _require_dir(data_dir, name)
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                  transforms.ToTensor()])
-    plain = transforms.ToTensor()
     try:
-        train = cls(str(root), train=True, transform=augment, download=download)
-        train_plain = cls(str(root), train=True, transform=plain, download=False)
-        test = cls(str(root), train=False, transform=plain, download=download)
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
     except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
         raise LoafingError(f"{name} not found in {str(root)!r} ({err}); pass --download to fetch it") from None
-    return DataSplits(name, train, train_plain, test, len(train.classes), CIFAR_MEAN, CIFAR_STD)
+
+    def source(split) -> ImageSource:
+        return ImageSource(split.targets, images=torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous())
+    return _splits(name, source(train), source(test), len(train.classes), recipe, image_size, CIFAR_MEAN, CIFAR_STD)
 
 
-def load_cifar10_splits(data_dir: str | None = None, download: bool = False) -> DataSplits:
-    """torchvision CIFAR-10 with pad-4 random crop and horizontal flip for training."""
-    return _load_cifar("cifar10", data_dir, download)
+def load_cifar10_splits(data_dir: str | None = None, download: bool = False, recipe: str = "cifar",
+                        image_size: int | None = None) -> DataSplits:
+    """torchvision's CIFAR-10 files, framed and augmented by the model's recipe."""
+    return _load_cifar("cifar10", data_dir, download, recipe, image_size)
 
 
-def load_cifar100_splits(data_dir: str | None = None, download: bool = False) -> DataSplits:
-    """torchvision CIFAR-100 with pad-4 random crop and horizontal flip for training."""
-    return _load_cifar("cifar100", data_dir, download)
+def load_cifar100_splits(data_dir: str | None = None, download: bool = False, recipe: str = "cifar",
+                         image_size: int | None = None) -> DataSplits:
+    """torchvision's CIFAR-100 files, framed and augmented by the model's recipe."""
+    return _load_cifar("cifar100", data_dir, download, recipe, image_size)
 
 
-def load_imagefolder_splits(data_dir: str | None = None, download: bool = False,
-                            image_size: int = 224) -> DataSplits:
-    """`data_dir/train` and `data_dir/test` (or `val`), one folder per class; ImageNet-style transforms."""
-    from torchvision import datasets, transforms
+def folder_source(folder: Path, classes: list[str] | None = None) -> tuple[ImageSource, list[str]]:
+    """The images of `folder/<class>/*` and the sorted class names; one-line errors for empty folders."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+    try:
+        found, class_to_index = find_classes(str(folder))
+        if classes is not None and found != classes:
+            raise LoafingError(f"image folder {str(folder)!r} has other classes than the training folder")
+        samples = make_dataset(str(folder), class_to_index, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as err:
+        raise LoafingError(f"image folder {str(folder)!r}: {str(err).splitlines()[0]}") from None
+    return ImageSource([label for _, label in samples], files=[path for path, _ in samples]), found
+
+
+def load_imagefolder_splits(data_dir: str | None = None, download: bool = False, recipe: str = "imagenet",
+                            image_size: int | None = None) -> DataSplits:
+    """`data_dir/train` and `data_dir/test` (or `val`), one folder per class, in the model's recipe."""
     root = _require_dir(data_dir, "imagefolder")
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise LoafingError(f"image folder {data_dir!r} must hold train/ and test/ (or val/) subfolders")
-    augment = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-                                  transforms.ToTensor()])
-    plain = transforms.Compose([transforms.Resize(int(image_size * 256 / 224)), transforms.CenterCrop(image_size),
-                                transforms.ToTensor()])
-    train = datasets.ImageFolder(str(root / "train"), transform=augment)
-    test = datasets.ImageFolder(str(test_dir), transform=plain)
-    if train.classes != test.classes:
-        raise LoafingError(f"image folder {data_dir!r}: train/ and {test_dir.name}/ have different classes")
-    train_plain = datasets.ImageFolder(str(root / "train"), transform=plain)
-    return DataSplits("imagefolder", train, train_plain, test, len(train.classes), None, None)
+    train, classes = folder_source(root / "train")
+    test, _ = folder_source(test_dir, classes)
+    return _splits("imagefolder", train, test, len(classes), recipe, image_size)
 
 
 DATASETS: dict[str, Callable[..., DataSplits]] = {
@@ -118,11 +210,12 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
 }
 
 
-def load_dataset(name: str, data_dir: str | None = None, download: bool = False) -> DataSplits:
-    """Load a registered data set by name."""
+def load_dataset(name: str, data_dir: str | None = None, download: bool = False, recipe: str = "cifar",
+                 image_size: int | None = None) -> DataSplits:
+    """Load a registered data set by name, in a model's input recipe (`image_size` overrides its size)."""
     if name not in DATASETS:
         raise LoafingError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
-    return DATASETS[name](data_dir=data_dir, download=download)
+    return DATASETS[name](data_dir=data_dir, download=download, recipe=recipe, image_size=image_size)
 
 
 def seeded_subset(dataset: Dataset, size: int, seed: int) -> Dataset:

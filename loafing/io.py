@@ -1,4 +1,10 @@
-"""Atomic writes: a temp file in the destination folder, then rename, so no reader sees half a file."""
+"""Writing results safely: atomic writes (temp file + rename), output paths checked before any work, run folders
+owned by one process at a time.
+
+A temp file is named `.<target>.<pid>.<random>.tmp` beside its target, so one left behind by a process that
+was killed is recognized (its process is gone) and removed by the next write of that target. Files get
+the permissions the user's umask gives, as any file opened for writing would.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,10 +12,34 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import torch
+
+from loafing.errors import LoafingError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temp files of `path` whose writing process no longer exists (killed mid-write)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -17,10 +47,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it onto `path`, on failure remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -35,12 +67,82 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically."""
+    """Write JSON atomically (NaN and infinities are refused: they are not JSON)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text)
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
     """torch.save atomically."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """The nearest existing ancestor of `path` must be a folder this process may write into."""
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LoafingError(f"{flag} {str(path)!r}: {str(ancestor)!r} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LoafingError(f"{flag} {str(path)!r}: the folder {str(ancestor)!r} is not writable")
+
+
+def check_output_file(path: str | Path, inputs: Sequence[str | Path] = (), flag: str = "--out") -> Path:
+    """Reject, before any work, an output file that is empty, a folder, one of the inputs, or not writable."""
+    if not str(path).strip():
+        raise LoafingError(f"{flag} must name a file, got an empty path")
+    path = Path(path)
+    if path.is_dir():
+        raise LoafingError(f"{flag} {str(path)!r} is a folder; name a file to write")
+    for source in inputs:
+        if _same(path, Path(source)):
+            raise LoafingError(f"{flag} {str(path)!r} is one of the inputs; it would be overwritten")
+    _check_writable(path, flag)
+    return path
+
+
+def check_output_folder(path: str | Path, inputs: Sequence[str | Path] = (), flag: str = "--out") -> Path:
+    """Reject, before any work, an output folder that is empty, a file, holds an input, or is not writable."""
+    if not str(path).strip():
+        raise LoafingError(f"{flag} must name a folder, got an empty path")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LoafingError(f"{flag} {str(path)!r} is a file; name a folder to write into")
+    _check_writable(path / "file", flag)
+    return path
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold `folder/.lock` for the duration: a second process training into the same folder gets a one-line
+    error instead of mixing its files with this one's. The lock is released when the process ends, however."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise LoafingError(f"run folder {str(folder)!r} is in use by {owner}; wait for it, or use another --out") \
+                from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"loafing process {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -7,11 +7,26 @@ import pandas as pd
 import torch
 
 from loafing.checkpoint import LoadedModel
-from loafing.data import DataSplits, make_loader, seeded_subset
+from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
+from loafing.errors import LoafingError
 from loafing.evaluate import check_plans
+from loafing.models import get_spec
 from loafing.plan_tree import evaluate_plans
 from loafing.plans import Plan, get_space, parse_plan
 from loafing.schema import run_identifiers, with_run_identifiers
+
+
+def evaluation_data(loaded: LoadedModel, dataset: str | None = None, data_dir: str | None = None,
+                    download: bool = False, image_size: int | None = None) -> DataSplits:
+    """The data a checkpoint is evaluated on: the given data set, else the one it was trained on (else digits),
+    in its model's input recipe at its training image size unless `image_size` says otherwise."""
+    dataset = dataset or loaded.config.get("dataset") or "digits"
+    data = load_dataset(dataset, data_dir or loaded.config.get("data_dir"), download,
+                        get_spec(loaded.config["model"]).recipe, image_size or loaded.config.get("image_size"))
+    if data.num_classes != loaded.config["num_classes"]:
+        raise LoafingError(f"checkpoint has {loaded.config['num_classes']} classes but {dataset} has "
+                           f"{data.num_classes}")
+    return data
 
 
 def trained_plan(loaded: LoadedModel) -> Plan | None:

@@ -1,24 +1,56 @@
-"""Input recipes: the image size a model family expects and how its training images are augmented.
+"""Input recipes: the image size a model family takes and how its images are augmented (training) or framed
+(evaluation). A model's spec names its recipe; every image data set applies it, so CIFAR images stay 32x32
+for CIFAR ResNets and are framed to 224x224 for ImageNet-style networks.
 
-A model's spec names its recipe. CIFAR-style models take 32x32 images, augmented by a pad-4 random
-crop and a horizontal flip; ImageNet-style models take 224x224 crops: RandomResizedCrop and a flip
-for training, Resize + CenterCrop for evaluation.
+Transforms work on uint8 CHW tensors (decoded once, see `loafing.data`) and return float32 in [0, 1].
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torchvision.transforms import v2
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """An input recipe: its name, the side of the square images the model takes, and a description."""
+    """An input recipe: its name, the side of the square images the model takes, and its transforms."""
 
     name: str
     image_size: int
     description: str
+    train: Callable[[int], list]  # image size -> training transforms on uint8 CHW tensors
+    evaluate: Callable[[int], list]  # image size -> evaluation transforms
+
+    def transforms(self, image_size: int | None = None) -> tuple[Transform, Transform]:
+        """(training, evaluation) transforms to float [0, 1] at `image_size` (default: the recipe's)."""
+        size = image_size or self.image_size
+        to_float = v2.ToDtype(torch.float32, scale=True)
+        return v2.Compose([*self.train(size), to_float]), v2.Compose([*self.evaluate(size), to_float])
+
+
+def _cifar_train(size: int) -> list:
+    return [v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.RandomCrop(size, padding=4),
+            v2.RandomHorizontalFlip()]
+
+
+def _cifar_evaluate(size: int) -> list:
+    return [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+
+
+def _imagenet_train(size: int) -> list:
+    return [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+
+
+def _imagenet_evaluate(size: int) -> list:
+    return [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("cifar", 32, "32x32; training: pad-4 random crop + horizontal flip"),
-    Recipe("imagenet", 224, "224x224; training: RandomResizedCrop + flip; evaluation: Resize 256 + CenterCrop 224"),
+    Recipe("cifar", 32, "32x32; training: pad-4 random crop + horizontal flip", _cifar_train, _cifar_evaluate),
+    Recipe("imagenet", 224, "224x224; training: RandomResizedCrop + flip; evaluation: Resize 256 + CenterCrop 224",
+           _imagenet_train, _imagenet_evaluate),
 )}

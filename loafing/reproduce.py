@@ -23,15 +23,14 @@ from tqdm.auto import tqdm
 
 from loafing.checkpoint import load_model, read_checkpoint
 from loafing.config import TrainConfig
-from loafing.data import load_dataset
 from loafing.destruct import MODES, destruct
 from loafing.errors import LoafingError
 from loafing.evaluate import resolve_device
 from loafing.io import write_json
 from loafing.methods import get_method
-from loafing.measure import measure_plans, plans_to_measure, summarize_measure
+from loafing.measure import evaluation_data, measure_plans, plans_to_measure, summarize_measure
 from loafing.schema import TABLES, read_table, write_table
-from loafing.train import CHECKPOINT_NAME, KL_NAME, LOG_NAME, check_config, load_config, train
+from loafing.train import CHECKPOINT_NAME, KL_NAME, LOG_NAME, check_config, load_config, train, training_data
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ def complete_run(spec: RunSpec, runs_dir: Path, preset: Preset, device: str, thr
         if not is_fresh(csv, checkpoint):
             if loaded is None:
                 loaded = load_model(checkpoint)
-                data = load_dataset(loaded.config["dataset"], loaded.config.get("data_dir"))
+                data = evaluation_data(loaded)
             options = dict(calib_size=preset.calib_size, recalibrate=True, seed=wanted["calib_seed"], batch_size=256,
                            device=resolve_device(device), progress=False)
             if job == "measure":
@@ -234,8 +233,10 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
              for s in preset.runs]
     for spec in specs:  # bad settings fail here, before any run starts
         check_config(run_config(spec, runs_dir, device))
-    for dataset, folder, download in {(s.config.dataset, s.config.data_dir, s.config.download) for s in specs}:
-        load_dataset(dataset, folder, download)  # fail on missing data before hours of training, not after
+    data_settings = ("dataset", "data_dir", "download", "model", "image_size")
+    for settings in {tuple(getattr(s.config, name) for name in data_settings) for s in specs}:
+        # Missing or broken data fails here, before hours of training, not after.
+        training_data(TrainConfig(**dict(zip(data_settings, settings))))
     jobs = jobs or default_jobs(device)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ordered = sorted(specs, key=lambda s: -estimated_cost(s, preset))  # longest first balances the workers

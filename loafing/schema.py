@@ -22,6 +22,8 @@ BASE_RUN_COLUMNS: dict[str, str] = {
     "run": TEXT, "model": TEXT, "width_mult": FLOAT, "method": TEXT, "lam": FLOAT, "seed": OPTIONAL_INT,
     "dataset": TEXT, "trained_plan": TEXT, "space_size": OPTIONAL_INT,
 }
+# The `method` of a foreign checkpoint's rows (akamaster, torchvision): trained elsewhere, not by a registered method.
+FOREIGN_METHOD = "external"
 _method_run_columns: dict[str, tuple[str, str]] = {}  # name -> (type, the method that sets it)
 
 PLAN_COLUMNS = {"plan": TEXT, "depths": TEXT, "n_blocks": INT, "is_main": BOOL}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import resource
 import time
@@ -13,7 +14,7 @@ from typing import Iterator
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from loafing.bn import set_bn_momentum
@@ -22,9 +23,9 @@ from loafing.config import TrainConfig, config_from_dict, validate_config
 from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
 from loafing.errors import LoafingError
 from loafing.evaluate import classification_metrics, predict, resolve_device
-from loafing.io import write_json
+from loafing.io import check_output_folder, run_folder_lock, write_json
 from loafing.methods import TrainingStep, check_method_options, get_method, trained_plan
-from loafing.models import StagedModel, create_model
+from loafing.models import StagedModel, create_model, get_spec
 from loafing.plan_tree import evaluate_plans
 from loafing.plans import Plan, ordered_space
 from loafing.schema import run_identifiers, write_table
@@ -76,10 +77,22 @@ def kl_trajectory_plans(model: StagedModel, config: TrainConfig) -> list[Plan]:
     return plans
 
 
+def training_data(config: TrainConfig) -> DataSplits:
+    """The run's data in its model's input recipe; with `train_size`, a seeded subset of the training split
+    (its augmented and plain views holding the same images)."""
+    data = load_dataset(config.dataset, config.data_dir, config.download, get_spec(config.model).recipe,
+                        config.image_size)
+    if config.train_size is not None and config.train_size < len(data.train):
+        chosen = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
+        indices = chosen[:config.train_size].tolist()
+        data = dataclasses.replace(data, train=Subset(data.train, indices), train_plain=Subset(data.train_plain, indices))
+    return data
+
+
 def build_run(config: TrainConfig) -> Run:
     """The model, method step, data, optimizer and schedule of a run, seeded by `config.seed`."""
     device = resolve_device(config.device)
-    data = load_dataset(config.dataset, config.data_dir, config.download)
+    data = training_data(config)
     config = dataclasses.replace(config, num_classes=data.num_classes, run=config.run or Path(config.out).name)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -177,21 +190,25 @@ def load_config(run_dir: str | Path) -> TrainConfig:
         raise LoafingError(f"{path}: not a readable configuration ({type(err).__name__})") from None
     if not isinstance(values, dict):
         raise LoafingError(f"{path}: not a readable configuration (a {type(values).__name__}, not an object)")
-    return config_from_dict(values)
+    return config_from_dict(values, str(path))
 
 
 def save_state(run: Run, epoch: int, log_rows: list[dict], kl_rows: list[dict]) -> None:
-    """Write the checkpoint of a finished epoch, then the tables it describes (each atomically)."""
+    """Write the configuration and the checkpoint of a finished epoch, then the tables it describes (each
+    atomically): a run killed at any moment leaves at most a checkpoint ahead of its tables, never behind."""
     rng_state = {"torch": torch.get_rng_state(), "python": run.rng.getstate(),
                  "loader": run.train_loader.generator.get_state(),
                  "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None}
     method_state = run.step.modules.state_dict() if run.step.modules is not None else None
+    write_json(dataclasses.asdict(run.config), run.out / CONFIG_NAME)
     # The checkpoint carries the rows too, so a resumed run never depends on which file was written last.
     save_checkpoint(run.out / CHECKPOINT_NAME, run.model, run.optimizer, run.scheduler, epoch,
                     dataclasses.asdict(run.config),
                     {"rng": rng_state, "log_rows": log_rows, "kl_rows": kl_rows, "method_state": method_state})
     if kl_rows:
         write_table(pd.DataFrame(kl_rows), run.out / KL_NAME, "kl_trajectory")
+    else:  # nothing recorded by this run yet: a KL table here is another run's
+        (run.out / KL_NAME).unlink(missing_ok=True)
     write_table(pd.DataFrame(log_rows), run.out / LOG_NAME, "train_log")
 
 
@@ -215,20 +232,24 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, r
     """Train a run into `config.out` (checkpoint.pt, train_log.csv, config.json, kl_trajectory.csv).
 
     With `resume`, continue from the last complete epoch in `config.out`; the result is bit-identical
-    on the CPU to a run that was never interrupted.
+    on the CPU to a run that was never interrupted. The folder is locked for the run: a second process
+    training into it gets a one-line error.
     """
     check_config(config)
-    out = Path(config.out)
-    if resume and not (out / CHECKPOINT_NAME).exists():
-        raise LoafingError(f"{str(out)!r} holds no checkpoint to resume")
-    if not resume and (out / CHECKPOINT_NAME).exists() and not overwrite:
-        raise LoafingError(f"{str(out)!r} already holds a run; pass --overwrite, --resume, or another --out")
+    out = check_output_folder(config.out)
+    with run_folder_lock(out):
+        if resume and not (out / CHECKPOINT_NAME).exists():
+            raise LoafingError(f"{str(out)!r} holds no checkpoint to resume")
+        if not resume and (out / CHECKPOINT_NAME).exists() and not overwrite:
+            raise LoafingError(f"{str(out)!r} already holds a run; pass --overwrite, --resume, or another --out")
+        return _train(config, progress, resume)
+
+
+def _train(config: TrainConfig, progress: bool, resume: bool) -> pd.DataFrame:
     run = build_run(config)
     config = run.config
     ids = run_identifiers(dataclasses.asdict(config), config.dataset)
     first_epoch, log_rows, kl_rows = restore_state(run) if resume else (1, [], [])
-    if not resume:
-        write_json(dataclasses.asdict(config), out / CONFIG_NAME)
 
     for epoch in tqdm(range(first_epoch, config.epochs + 1), desc=f"{config.method} {config.model}",
                       unit="epoch", initial=first_epoch - 1, total=config.epochs, disable=not progress):
@@ -239,6 +260,10 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, r
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
         seconds = time.perf_counter() - start
+        if not math.isfinite(losses["loss"]):
+            kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
+            raise LoafingError(f"training diverged: the mean loss of epoch {epoch} is {losses['loss']}; {kept} "
+                               "(try a lower --lr)")
         lr = run.optimizer.param_groups[0]["lr"]
         run.scheduler.step()
         memory, memory_kind = peak_memory_mib(run.device)

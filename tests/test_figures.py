@@ -339,4 +339,4 @@ def test_figures_command_prints_paths_and_fails_with_exit_2(results, tmp_path, r
     code, _, err = run_cli("figures", "--results", broken, "--out", tmp_path, "--only", "fig5")
     assert code == 2 and "is_main" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("figures", "--results", results, "--out", tmp_path, "--only", "fig99")
-    assert code == 2 and "unknown figure 'fig99'; valid choices: fig1, fig4" in err
+    assert code == 2 and "unknown figure 'fig99'; valid choices: fig1, inside, fig4" in err

@@ -1,6 +1,5 @@
 """Foreign checkpoints, checked against an independent functional implementation of the CIFAR ResNet."""
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from loafing.checkpoint import load_model
@@ -8,40 +7,7 @@ from loafing.data import make_loader, seeded_subset
 from loafing.measure import measure_plans
 from loafing.models import create_model
 from loafing.plans import uniform_space
-
-# The input normalization akamaster's checkpoints were trained with (their README), written out independently.
-MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-
-
-def functional_resnet_cifar(sd, x, n, depth, stats, calibrate=False):
-    """He et al.'s option-A CIFAR ResNet keeping the first `depth` blocks per stage, from raw tensors.
-
-    With calibrate=True, BN uses batch statistics and appends them to `stats[name]`; otherwise it
-    uses `stats[name]` = (mean, var).
-    """
-    def bn(name, h):
-        if calibrate:
-            stats.setdefault(name, []).append((h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=True)))
-            mean, var = h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=False)
-        else:
-            mean, var = stats[name]
-        h = (h - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-5)
-        return h * sd[f"{name}.weight"].view(1, -1, 1, 1) + sd[f"{name}.bias"].view(1, -1, 1, 1)
-
-    h = (x - MEAN) / STD
-    h = F.relu(bn("bn1", F.conv2d(h, sd["conv1.weight"], padding=1)))
-    for stage in range(1, 4):
-        for j in range(depth):
-            p = f"layer{stage}.{j}"
-            stride = 2 if stage > 1 and j == 0 else 1
-            out = F.relu(bn(f"{p}.bn1", F.conv2d(h, sd[f"{p}.conv1.weight"], stride=stride, padding=1)))
-            out = bn(f"{p}.bn2", F.conv2d(out, sd[f"{p}.conv2.weight"], padding=1))
-            if stride == 2:
-                extra = out.shape[1] - h.shape[1]
-                h = F.pad(h[:, :, ::2, ::2], (0, 0, 0, 0, extra // 2, extra // 2))
-            h = F.relu(out + h)
-    return F.linear(h.mean(dim=(2, 3)), sd["linear.weight"], sd["linear.bias"])
+from reference_resnet import MEAN, STD, functional_resnet_cifar
 
 
 def akamaster_checkpoint(tmp_path, trained_runs):
@@ -71,13 +37,13 @@ def test_akamaster_checkpoint_uniform_subnetworks_match_independent_implementati
                 if recalibrate:
                     collected = {}
                     for xb in calib:
-                        functional_resnet_cifar(sd, xb, 3, depth, collected, calibrate=True)
+                        functional_resnet_cifar(sd, xb, depth, collected, calibrate=True)
                     stats = {k: (torch.stack([m for m, _ in v]).mean(0), torch.stack([v_ for _, v_ in v]).mean(0))
                              for k, v in collected.items()}
                 else:
                     stats = {k[: -len(".running_mean")]: (v, sd[k.replace("running_mean", "running_var")])
                              for k, v in sd.items() if k.endswith("running_mean")}
-                logits = functional_resnet_cifar(sd, x_test, 3, depth, stats)
+                logits = functional_resnet_cifar(sd, x_test, depth, stats)
             expected = 100.0 * (logits.argmax(1) == y_test).sum().item() / len(y_test)
             assert abs(top1 - expected) < 1e-9, (recalibrate, depth, top1, expected)
     # the main network of the trained run is far above chance: the comparison above is meaningful

@@ -46,7 +46,7 @@ def test_changed_config_is_not_complete(tmp_path):
     train_once(config, progress=False)
     assert is_complete(config)
     assert not is_complete(dataclasses.replace(config, epochs=2))
-    state = torch.load(Path(config.out) / "checkpoint.pt", weights_only=False)
+    state = torch.load(Path(config.out) / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1
 
 

@@ -134,11 +134,11 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "train_one_epoch", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train(config(tmp_path / "cut"), progress=False)
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 2
     monkeypatch.setattr(train_module, "train_one_epoch", real)
     train(train_module.load_config(tmp_path / "cut"), progress=False, resume=True)
-    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert cut["epoch"] == 3
     for key, value in full["model"].items():
         assert torch.equal(value, cut["model"][key]), key

@@ -18,7 +18,8 @@ from loafing.errors import LoafingError
 from loafing.figures.plots import (plot_destruct, plot_inside_vs_alone, plot_kl, plot_lambda, plot_space_size,
                                    plot_subnetworks, plot_trajectories)
 from loafing.figures.select import NotEnoughData, require_columns
-from loafing.figures.tables import markdown_table, render_table, table_cost, table_main_and_subnetworks
+from loafing.figures.tables import (markdown_table, render_table, table_cost, table_inside_grid,
+                                    table_main_and_subnetworks)
 from loafing.io import atomic_path
 from loafing.schema import TABLES, read_table
 
@@ -54,6 +55,9 @@ FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
     FigureSpec("fig1", "Fig. 1: sub-networks inside bigger networks vs trained alone", "measure",
                ("run", "model", "method", "trained_plan", "depths", "n_blocks", "is_main", "top1"),
                plot_inside_vs_alone, "figure", group_by=("dataset",)),
+    FigureSpec("inside", "Sub-networks (rows) inside main networks (columns), diagonal: on its own (Tables r5, r6)",
+               "measure", ("run", "model", "method", "trained_plan", "depths", "n_blocks", "is_main", "top1"),
+               table_inside_grid, "table", group_by=("dataset",)),
     FigureSpec("fig4", "Fig. 4: sub-networks inside the network", "measure", (*MEASURED, "n_blocks"),
                plot_subnetworks, "figure"),
     FigureSpec("fig5", "Fig. 5: sub-network top-1 vs sampling-space size", "measure", MEASURED, plot_space_size,
@@ -147,4 +151,4 @@ def make_figures(results_dir: str | Path, out_dir: str | Path,
 
 __all__ = ["FIGURES", "FigureOutcome", "FigureSpec", "NotEnoughData", "make_figures", "plot_destruct",
            "plot_inside_vs_alone", "plot_kl", "plot_lambda", "plot_space_size", "plot_subnetworks",
-           "plot_trajectories", "table_cost", "table_main_and_subnetworks"]
+           "plot_trajectories", "table_cost", "table_inside_grid", "table_main_and_subnetworks"]

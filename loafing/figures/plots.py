@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from loafing.figures.select import (ALONE, ALONE_LABEL, NotEnoughData, add_scheme, add_space_size, architecture_name,
-                                    at_reference_lam, ct_and_st, full_runs, is_blank, label_palette,
+                                    at_reference_lam, conventionally_trained, ct_and_st, full_runs, is_blank, label_palette,
                                     per_run_subnetwork_stats, scheme_colour, scheme_order)
 
 
@@ -51,8 +51,9 @@ def _format_number(value: float) -> str:
 
 
 def plot_inside_vs_alone(measure: pd.DataFrame) -> Figure:
-    """Fig. 1: top-1 of architectures inside bigger CT networks vs the same architectures trained alone."""
-    ct = measure[measure["method"] == "ct"]
+    """Fig. 1: top-1 of architectures inside bigger CT networks vs the same architectures trained alone
+    (foreign checkpoints count as conventionally trained)."""
+    ct = conventionally_trained(measure)
     main = ct["is_main"]
     alone = ct[main].assign(group=ALONE_LABEL)
     inside = ct[~main & is_blank(ct["trained_plan"])]

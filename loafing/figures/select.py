@@ -10,10 +10,13 @@ import pandas as pd
 from loafing.errors import LoafingError
 from loafing.methods import METHODS
 from loafing.models import MODELS
+from loafing.schema import FOREIGN_METHOD
 
 ALONE = "alone"
 ALONE_LABEL = "trained alone"
 ALONE_COLOUR = "#55a868"
+FOREIGN_LABEL = "foreign checkpoint"
+FOREIGN_COLOUR = "#8c8c8c"
 # Restricted spaces (e.g. ST-K) get a colour from K itself, so ST-48 looks the same in every figure.
 RESTRICTED_COLOURS = ("#dd8452", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
 
@@ -48,6 +51,8 @@ def run_scheme(method: str, trained_plan: object, space_size: object) -> str:
     """The training scheme of one run: 'alone', the method's label ('CT', 'ST'), or 'LABEL-K' for a restricted space."""
     if not is_blank_cell(trained_plan):
         return ALONE
+    if method == FOREIGN_METHOD:
+        return FOREIGN_LABEL
     if method not in METHODS:
         raise LoafingError(f"unknown method '{method}'; valid choices: {', '.join(METHODS)}")
     label = METHODS[method].label
@@ -71,6 +76,8 @@ def scheme_colour(scheme: str) -> str:
     """The fixed colour of a scheme: its method's, one per space size for 'LABEL-K', green for 'alone'."""
     if scheme == ALONE:
         return ALONE_COLOUR
+    if scheme == FOREIGN_LABEL:
+        return FOREIGN_COLOUR
     colours = {m.label: m.colour for m in METHODS.values()}
     if scheme in colours:
         return colours[scheme]
@@ -103,6 +110,17 @@ def architecture_name(model: str, depths: str) -> str | None:
 def full_runs(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of runs that trained the whole network (trained_plan empty)."""
     return df[is_blank(df["trained_plan"])]
+
+
+def conventionally_trained(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of CT runs and of foreign checkpoints (method 'external', trained the usual way): the networks whose
+    sub-networks Fig. 1 and the inside grid show loafing."""
+    return df[df["method"].isin(["ct", FOREIGN_METHOD])]
+
+
+def network_name(model: str, depths: str) -> str:
+    """An architecture's name in the figures: what the model's spec calls it ('ResNet20'), else its depths."""
+    return architecture_name(model, depths) or depths
 
 
 def ct_and_st(df: pd.DataFrame) -> pd.DataFrame:
@@ -169,7 +187,8 @@ def per_run_subnetwork_stats(measure: pd.DataFrame) -> pd.DataFrame:
                      # The whole space is measured, so its spread is a population std (ddof=0).
                      "sub_max": sub.max() if len(sub) else np.nan, "sub_mean": sub.mean() if len(sub) else np.nan,
                      "sub_std": sub.std(ddof=0) if len(sub) else np.nan})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["run", "seed", "lam", "scheme", "label", "n_subnetworks", "main_top1",
+                                       "sub_max", "sub_mean", "sub_std"])
 
 
 def per_plan_means(measure: pd.DataFrame) -> pd.DataFrame:

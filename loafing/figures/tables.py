@@ -7,8 +7,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loafing.figures.plots import use_style
-from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam, full_runs,
-                                    per_plan_means, per_run_subnetwork_stats, scheme_order)
+from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, architecture_name, at_reference_lam,
+                                    conventionally_trained, full_runs, is_blank, network_name, per_plan_means,
+                                    per_run_subnetwork_stats, scheme_order)
 from loafing.figures.stats import interval_text, mean_interval, p_text, paired_difference
 
 
@@ -64,6 +65,31 @@ def table_cost(log: pd.DataFrame) -> pd.DataFrame:
     table["time vs CT"] = table["training time (s)"] / ct_time
     table["memory vs CT"] = table["peak memory (MiB)"] / ct_memory
     return table
+
+
+def table_inside_grid(measure: pd.DataFrame) -> pd.DataFrame:
+    """Sub-networks (rows) inside main networks (columns), the layout of Tables r5/r6: top-1 of each network's
+    architecture inside each bigger conventionally trained network; on the diagonal each network on its own,
+    and a 'trained alone' column for sub-networks trained by themselves (`--plan`). Means over seeds."""
+    rows = conventionally_trained(measure)
+    whole, alone = rows[is_blank(rows["trained_plan"])], rows[~is_blank(rows["trained_plan"])]
+    if whole.empty or not (~whole["is_main"]).any():
+        raise NotEnoughData("no network measured inside a bigger one")
+    mains = pd.concat([whole[whole["is_main"]], alone[alone["is_main"]]])
+    architectures = mains.drop_duplicates("depths").sort_values(["n_blocks", "depths"])
+    hosts = whole[whole["is_main"]].drop_duplicates("model").sort_values(["n_blocks", "model"])
+    host_names = {m: architecture_name(m, d) or m for m, d in zip(hosts["model"], hosts["depths"])}
+    table = []
+    for model, depths in zip(architectures["model"], architectures["depths"]):
+        row = {"sub-network \\ main network": network_name(model, depths)}
+        for host, name in host_names.items():
+            cells = whole[(whole["model"] == host) & (whole["depths"] == depths)]["top1"]
+            row[name] = cells.mean() if len(cells) else np.nan
+        if not alone.empty:
+            cells = alone[alone["is_main"] & (alone["depths"] == depths)]["top1"]
+            row["trained alone"] = cells.mean() if len(cells) else np.nan
+        table.append(row)
+    return pd.DataFrame(table)
 
 
 def _cell_text(value: object) -> str:

@@ -1,0 +1,185 @@
+"""The real things: the paper's own Fig. 1 checkpoints (akamaster's files) and CIFAR-10 as JPEG folders, from
+../shared. Skipped, with the reason, where ../shared is absent; CI always has it."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from loafing.checkpoint import load_model, load_weights, read_checkpoint
+from loafing.data import make_loader, seeded_subset
+from loafing.errors import LoafingError
+from loafing.measure import evaluation_data, measure_plans
+from loafing.models import create_model
+from loafing.plans import uniform_space
+from reference_resnet import MEAN, functional_resnet_cifar
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CHECKPOINTS = {"resnet20-cifar": SHARED / "checkpoints" / "resnet20-12fca82f.th",
+               "resnet32-cifar": SHARED / "checkpoints" / "resnet32-d509ac18.th"}
+TARBALL = SHARED / "data" / "cifar10-jpg.tar.gz"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+pytestmark = pytest.mark.skipif(not TARBALL.exists() or not all(p.exists() for p in CHECKPOINTS.values()),
+                                reason="needs ../shared (the CIFAR-10 JPEG tarball and the akamaster checkpoints)")
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg(tmp_path_factory) -> Path:
+    """The shared CIFAR-10 JPEG export, unpacked (about 2 s)."""
+    root = tmp_path_factory.mktemp("cifar10-jpg")
+    if shutil.which("tar"):  # five times faster than Python's tarfile
+        subprocess.run(["tar", "-xzf", str(TARBALL), "-C", str(root)], check=True)
+    else:
+        with tarfile.open(TARBALL) as archive:
+            archive.extractall(root, filter="data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_cifar(cifar_jpeg, tmp_path_factory) -> Path:
+    """A folder of the real files: 50 test images per class (500) and 20 training images per class (200)."""
+    root = tmp_path_factory.mktemp("small-cifar")
+    for split, per_class in (("test", 50), ("train", 20)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for path in sorted((cifar_jpeg / split / name).iterdir())[:per_class]:
+                os.symlink(path, root / split / name / path.name)
+    return root
+
+
+def test_the_export_is_cifar10(cifar_jpeg):
+    for split, count in (("train", 5000), ("test", 1000)):
+        assert sorted(p.name for p in (cifar_jpeg / split).iterdir()) == list(CLASSES)
+        assert all(len(list((cifar_jpeg / split / c).iterdir())) == count for c in CLASSES)
+
+
+@pytest.mark.parametrize("model", list(CHECKPOINTS))
+def test_akamaster_checkpoints_load_safely_and_classify_the_jpeg_test_images(model, small_cifar):
+    raw = torch.load(CHECKPOINTS[model], map_location="cpu", weights_only=True)
+    assert not any(k.endswith("num_batches_tracked") for k in raw["state_dict"])  # saved before BN counted
+    loaded = load_model(CHECKPOINTS[model], model)
+    assert loaded.source == "akamaster"
+    torch.testing.assert_close(loaded.model.input_mean, MEAN)
+    data = evaluation_data(loaded, "imagefolder", str(small_cifar))
+    df = measure_plans(loaded, [loaded.model.layout.main_plan], data, calib_size=200, recalibrate=False, seed=0,
+                       batch_size=250, device=torch.device("cpu"), progress=False)
+    assert df["n_examples"].item() == 500 and df["top1"].item() >= 75
+
+
+def test_only_missing_num_batches_tracked_is_accepted():
+    model = create_model("resnet20-cifar", 10).net
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    load_weights(model, state, "test")  # as PyTorch itself loads files saved before BN counted batches
+    del state["layer1.0.bn1.running_mean"]
+    with pytest.raises(LoafingError, match=r"1 missing keys.*layer1\.0\.bn1\.running_mean"):
+        load_weights(model, state, "test")
+
+
+def test_a_measure_of_a_32x32_folder_feeds_cifar_models_32x32_and_imagenet_models_224(small_cifar):
+    loaded = load_model(CHECKPOINTS["resnet20-cifar"], "resnet20-cifar")
+    seen = []
+    loaded.model.net.conv1.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape[1:])))
+    data = evaluation_data(loaded, "imagefolder", str(small_cifar))
+    measure_plans(loaded, uniform_space(loaded.model.layout)[:1], data, calib_size=64, recalibrate=True, seed=0,
+                  batch_size=100, device=torch.device("cpu"), progress=False)
+    assert seen and set(seen) == {(3, 32, 32)}
+    mobilenet = evaluation_data(load_model_like("mobilenet_v3_large"), "imagefolder", str(small_cifar))
+    assert tuple(mobilenet.test[0][0].shape) == (3, 224, 224) and mobilenet.image_size == 224
+    assert tuple(evaluation_data(loaded, "imagefolder", str(small_cifar), image_size=40).test[0][0].shape) == (3, 40, 40)
+
+
+def load_model_like(model: str):
+    """A checkpoint-shaped stand-in for a model with random weights (only its spec matters here)."""
+    from loafing.checkpoint import LoadedModel
+    return LoadedModel(create_model(model, 10), {"model": model, "num_classes": 10, "method": "external"}, "test")
+
+
+
+
+
+@pytest.mark.parametrize("model", list(CHECKPOINTS))
+def test_uniform_subnetworks_on_jpeg_images_match_an_independent_implementation(model, small_cifar):
+    """Every uniform sub-network (ResNet-8, -14, -20 inside ResNet-20; up to -32 inside ResNet-32), recalibrated."""
+    loaded = load_model(CHECKPOINTS[model], model)
+    sd = {k.removeprefix("module."): v for k, v in read_checkpoint(CHECKPOINTS[model])["state_dict"].items()}
+    data = evaluation_data(loaded, "imagefolder", str(small_cifar))
+    plans = uniform_space(loaded.model.layout)
+    df = measure_plans(loaded, plans, data, calib_size=200, recalibrate=True, seed=3, batch_size=100,
+                       device=torch.device("cpu"), progress=False)
+    x_test = torch.stack([x for x, _ in data.test])
+    y_test = torch.tensor([int(y) for _, y in data.test])
+    calib = [x for x, _ in make_loader(seeded_subset(data.train_plain, 200, 3), 100)]
+    for depth, top1 in zip(range(1, len(plans) + 1), df["top1"]):
+        collected: dict = {}
+        with torch.no_grad():
+            for xb in calib:
+                functional_resnet_cifar(sd, xb, depth, collected, calibrate=True)
+            stats = {k: (torch.stack([m for m, _ in v]).mean(0), torch.stack([s for _, s in v]).mean(0))
+                     for k, v in collected.items()}
+            expected = 100.0 * (functional_resnet_cifar(sd, x_test, depth, stats).argmax(1) == y_test).float().mean()
+        assert abs(top1 - expected.item()) <= 0.5, (depth, top1, expected.item())
+    assert df["top1"].iloc[-1] >= 75  # the whole network: the comparison is of a working model
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a hostile checkpoint would hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(run_cli, tmp_path, small_cifar):
+    marker = tmp_path / "it-ran"
+    state = torch.load(CHECKPOINTS["resnet20-cifar"], map_location="cpu", weights_only=True)
+    torch.save({**state, "payload": RunsCode(marker)}, tmp_path / "hostile.th")
+    out = tmp_path / "out.csv"
+    code, _, err = run_cli("measure", "--ckpt", tmp_path / "hostile.th", "--model", "resnet20-cifar", "--dataset",
+                           "imagefolder", "--data-dir", small_cifar, "--out", out, "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "posix.system" in err and "--unsafe-load" in err and "nothing in it was run" in err
+    assert not marker.exists() and not out.exists()
+
+
+def test_unsafe_load_opens_a_trusted_file_with_other_objects(run_cli, tmp_path, small_cifar):
+    state = torch.load(CHECKPOINTS["resnet20-cifar"], map_location="cpu", weights_only=True)
+    torch.save({**state, "args": argparse.Namespace(arch="resnet20")}, tmp_path / "with-args.th")
+    common = ["--model", "resnet20-cifar", "--dataset", "imagefolder", "--data-dir", small_cifar, "--no-recalibrate",
+              "--plan", "[1,2,3] [4,5,6] [7,8,9]", "--quiet"]
+    code, _, err = run_cli("measure", "--ckpt", tmp_path / "with-args.th", *common, "--out", tmp_path / "a.csv")
+    assert code == 2 and "argparse.Namespace" in err
+    code, _, err = run_cli("measure", "--ckpt", tmp_path / "with-args.th", *common, "--unsafe-load",
+                           "--out", tmp_path / "a.csv")
+    assert code == 0, err
+    assert pd.read_csv(tmp_path / "a.csv")["top1"].item() >= 75
+
+
+def test_inside_vs_alone_on_the_papers_checkpoints(run_cli, tmp_path, small_cifar):
+    """Fig. 1 on real images: ResNet-20 inside ResNet-32 is far worse than ResNet-20 on its own."""
+    code, out, err = run_cli("inside-vs-alone", "--ckpt", f"resnet20-cifar={CHECKPOINTS['resnet20-cifar']}",
+                             "--ckpt", f"resnet32-cifar={CHECKPOINTS['resnet32-cifar']}", "--dataset", "imagefolder",
+                             "--data-dir", small_cifar, "--calib-size", 200, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "measure.csv")
+    assert sorted(zip(table["model"], table["depths"], table["is_main"])) == [
+        ("resnet20-cifar", "3-3-3", True), ("resnet32-cifar", "3-3-3", False), ("resnet32-cifar", "5-5-5", True)]
+    top1 = table.set_index(["model", "depths"])["top1"]
+    assert top1["resnet20-cifar", "3-3-3"] >= 75 and top1["resnet32-cifar", "5-5-5"] >= 75
+    assert top1["resnet32-cifar", "3-3-3"] < top1["resnet20-cifar", "3-3-3"] - 10  # loafing
+    assert (tmp_path / "fig1.png").stat().st_size > 0 and "| ResNet20 |" in (tmp_path / "inside.md").read_text()
+    # Every other figure of these foreign checkpoints' results is drawn or skipped with a reason, never an error.
+    code, out, err = run_cli("figures", "--results", tmp_path, "--out", tmp_path / "all")
+    assert code == 0, err
+    table1 = (tmp_path / "all" / "table1-resnet32-cifar-imagefolder.md").read_text()
+    assert f"| foreign checkpoint | 1 | {top1['resnet32-cifar', '5-5-5']:.2f} |" in table1
+    assert "skipped: needs a CT run and at least one ST run" in out
