@@ -75,6 +75,12 @@ def _registry(name: str) -> Callable[[], list[str]]:
         if name == "methods":
             from loafing.methods import METHODS
             return list(METHODS)
+        if name == "sampling":
+            from loafing.plans import SAMPLING_RULES
+            return list(SAMPLING_RULES)
+        if name == "sd_modes":
+            from loafing.baselines import SD_MODES
+            return list(SD_MODES)
         from loafing.methods import ST_LOSSES
         return list(ST_LOSSES)
     return names
@@ -125,6 +131,17 @@ class TrainConfig:
     st_step: str = option("shared", "ST: shared (common prefix once, then the blocks both networks run on the two "
                           "batches stacked) | simple (two full forwards).", choices=_registry("st_losses"),
                           what="ST step")
+    sampling: str = option("ordered", "ST: sampling rule (paper Sec. 3.3): ordered (per stage the first d blocks) | "
+                           "stochastic (per stage any subset of the skippable blocks, order kept) | raw (Veit et al.'s "
+                           "paths: each skippable block runs its residual branch alone or not at all).",
+                           choices=_registry("sampling"), what="sampling rule")
+    sd_survival: float = option(0.9, "stochastic-depth: survival probability of the last block; it falls linearly "
+                                "from 1 over the body's blocks (Appendix F.1: 0.9).", range=Range(0, 1, low_open=True))
+    sd_mode: str = option("batch", "stochastic-depth: batch (drop a block for the whole mini-batch, as Huang et al.) | "
+                          "row (per sample, torchvision.ops.stochastic_depth's row mode).",
+                          choices=_registry("sd_modes"), what="stochastic-depth mode")
+    kd_temperature: float = option(3.0, "self-distillation: softmax temperature of the KD loss (the paper gives none; "
+                                   "3 is our choice, a usual KD temperature).", range=POSITIVE)
     kl_every: int = option(0, "Every N epochs (and at the end) record each plan's KL to the main network; 0: off.",
                            range=Range(0, text="0 (off) or a positive number of epochs"))
     kl_plans: int | None = option(None, "Record KL for a seeded sample of this many plans.", range=AT_LEAST_1)

@@ -18,8 +18,8 @@ from torch import nn
 from loafing.config import TrainConfig, config_fields
 from loafing.errors import LoafingError
 from loafing.models import StagedModel
-from loafing.plans import Plan, parse_plan, restricted_ordered_space, sample_ordered_plan
-from loafing.schema import add_run_column, remove_run_column
+from loafing.plans import SAMPLING_RULES, Plan, parse_plan, restricted_ordered_space
+from loafing.schema import TEXT, add_run_column, remove_run_column
 
 
 @dataclass
@@ -105,16 +105,28 @@ def build_ct(model: StagedModel, config: TrainConfig, rng: random.Random) -> Tra
     return TrainingStep(lambda x, y: ct_loss(model, x, y, plan))
 
 
+def require_residuals(model: StagedModel, what: str) -> None:
+    """Refuse, before training, a model that cannot run a block's residual branch on its own."""
+    if type(model).residual is StagedModel.residual:
+        raise LoafingError(f"{what} needs a model that can run a block's residual branch on its own; "
+                           f"{type(model).__name__} cannot")
+
+
 def plan_sampler(model: StagedModel, config: TrainConfig, rng: random.Random) -> Callable[[], Plan]:
-    """ST's sampler: an ordered plan per step, from the full space or a seeded restricted one (`--space-size`)."""
+    """ST's sampler: a plan per step by the sampling rule, or from a seeded restricted ordered space (`--space-size`)."""
     if config.space_size is not None:
+        if config.sampling != "ordered":
+            raise LoafingError("--space-size restricts the ordered space; it needs --sampling ordered")
         space = restricted_ordered_space(model.layout, config.space_size, config.space_seed)
         return lambda: rng.choice(space)
-    return lambda: sample_ordered_plan(model.layout, rng)
+    if config.sampling == "raw":
+        require_residuals(model, "--sampling raw")
+    rule = SAMPLING_RULES[config.sampling]
+    return lambda: rule(model.layout, rng)
 
 
 def build_st(model: StagedModel, config: TrainConfig, rng: random.Random) -> TrainingStep:
-    """ST (paper Eq. 1): CE of the main network + lam * KL(main || a sampled ordered sub-network)."""
+    """ST (paper Eq. 1): CE of the main network + lam * KL(main || a sampled sub-network)."""
     sample, loss = plan_sampler(model, config, rng), ST_LOSSES[config.st_step]
     return TrainingStep(lambda x, y: loss(model, x, y, sample(), config.lam))
 
@@ -164,5 +176,8 @@ register_method(TrainingMethod(
     "ct", "CT", "#4c72b0", "common training: cross-entropy of the main network (or of --plan alone)",
     build_ct, options=("plan",)))
 register_method(TrainingMethod(
-    "st", "ST", "#c44e52", "stimulative training: CE + lam * KL(main || a sampled ordered sub-network)",
-    build_st, options=("lam", "space_size", "space_seed", "st_step"), relative_cost=1.4))  # paper Table r4
+    "st", "ST", "#c44e52", "stimulative training: CE + lam * KL(main || a sampled sub-network, --sampling rule)",
+    build_st, options=("lam", "space_size", "space_seed", "st_step", "sampling"), run_columns={"sampling": TEXT},
+    relative_cost=1.4))  # paper Table r4
+
+import loafing.baselines  # noqa: E402,F401  (registers the appendix's baselines; it builds on this module)

@@ -30,7 +30,7 @@ BNState = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 class Node:
     """One block after one specific prefix; `plans` lists the plans that end here."""
 
-    block: int  # 0 for the root (the stem)
+    block: int  # the plan step (negative: the block's branch alone); 0 for the root (the stem)
     children: dict[int, "Node"] = field(default_factory=dict)
     plans: list[int] = field(default_factory=list)
     bn_state: BNState | None = None  # statistics of the block's BNs (the stem's for the root)
@@ -96,7 +96,7 @@ class PlanTreeEvaluator:
         self.recalibrated = False
 
     def _bns(self, node: Node) -> list[nn.modules.batchnorm._BatchNorm]:
-        return self.stem_bns if node.block == 0 else self.block_bns[node.block]
+        return self.stem_bns if node.block == 0 else self.block_bns[abs(node.block)]
 
     @torch.no_grad()
     def calibrate(self, batches: Iterator[torch.Tensor], progress: tqdm | None = None) -> None:
@@ -125,7 +125,7 @@ class PlanTreeEvaluator:
               on_logits: Callable[[list[int], torch.Tensor], None] | None) -> None:
         if use_state:
             _install(self._bns(node), node.bn_state)
-        out = self.model.stem(x) if node.block == 0 else self.model.block(node.block)(x)
+        out = self.model.stem(x) if node.block == 0 else self.model.run_step(node.block, x)
         for child in node.children.values():
             self._walk(child, out, use_state, on_logits)
         # Heads run after the children (post-order): the main plan's leaf, walked first, comes first,

@@ -1,4 +1,9 @@
-"""Execution plans: which blocks of each stage run, in which order, and the spaces that generate them."""
+"""Execution plans: which blocks of each stage run, in which order, and the spaces that generate them.
+
+A step of a plan is a 1-based block index: `b` runs block b as it is (residual branch plus shortcut),
+`-b` runs only its residual branch, without the shortcut (written `5b`): Veit et al.'s unraveled paths,
+which ST's `raw` sampling rule draws.
+"""
 from __future__ import annotations
 
 import itertools
@@ -35,12 +40,12 @@ class Layout:
 
 @dataclass(frozen=True)
 class Plan:
-    """Per stage, the global block indices that run, in order. `str(plan)` is its canonical form."""
+    """Per stage, the steps that run, in order (b: block b; -b: its branch only). `str(plan)` is its canonical form."""
 
     stages: tuple[tuple[int, ...], ...]
 
     def __str__(self) -> str:
-        return " ".join("[" + ",".join(str(b) for b in stage) + "]" for stage in self.stages)
+        return " ".join("[" + ",".join(step_text(b) for b in stage) + "]" for stage in self.stages)
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -58,15 +63,21 @@ class Plan:
         return sum(self.depths)
 
     def sequence(self) -> tuple[int, ...]:
-        """All block indices in execution order."""
+        """All steps in execution order."""
         return tuple(b for stage in self.stages for b in stage)
 
 
+def step_text(step: int) -> str:
+    """A step as plans write it: '5' for block 5, '5b' for block 5's residual branch alone."""
+    return f"{-step}b" if step < 0 else str(step)
+
+
 _STAGE_RE = re.compile(r"\[([^\[\]]*)\]")
+_STEP_RE = re.compile(r"(\d+)(b?)")
 
 
 def parse_plan(text: str) -> Plan:
-    """Parse the canonical form, e.g. '[1,2] [3,5,4]', back into a Plan."""
+    """Parse the canonical form, e.g. '[1,2] [3,5,4]' or '[1b] [3,5b]', back into a Plan."""
     stripped = text.strip()
     stages = _STAGE_RE.findall(stripped)
     if not stages or _STAGE_RE.sub("", stripped).strip(" ,"):
@@ -77,20 +88,28 @@ def parse_plan(text: str) -> Plan:
     parsed = []
     for stage in stages:
         items = [s.strip() for s in stage.split(",") if s.strip()]
-        if not all(s.isdigit() for s in items):
-            raise LoafingError(f"invalid plan string {text!r}: block indices must be positive integers")
-        parsed.append(tuple(int(s) for s in items))
+        matches = [_STEP_RE.fullmatch(s) for s in items]
+        if not all(matches) or any(int(m[1]) == 0 for m in matches):
+            raise LoafingError(f"invalid plan string {text!r}: a step is a positive block index, optionally "
+                               "followed by 'b' (its residual branch alone), e.g. '3' or '3b'")
+        parsed.append(tuple(-int(m[1]) if m[2] else int(m[1]) for m in matches))
     return Plan(tuple(parsed))
 
 
 def validate_plan(plan: Plan, layout: Layout) -> None:
-    """Raise LoafingError unless `plan` runs only blocks of their own stage, once, keeping non-skippable ones in place."""
+    """Raise LoafingError unless `plan` runs only blocks of their own stage, once, keeping non-skippable ones in
+    place and whole (only a skippable block, whose shortcut is the identity, can run its branch alone)."""
     if len(plan.stages) != len(layout.stages):
         raise LoafingError(
             f"plan {plan} has {len(plan.stages)} stages but the model has {len(layout.stages)}: "
             f"main plan is {layout.main_plan}"
         )
-    for s, (run, blocks) in enumerate(zip(plan.stages, layout.stages), start=1):
+    for s, (steps, blocks) in enumerate(zip(plan.stages, layout.stages), start=1):
+        branch_only = [-b for b in steps if b < 0 and -b not in layout.skippable and -b in blocks]
+        if branch_only:
+            raise LoafingError(f"plan {plan}: block {branch_only[0]} is not skippable; its branch cannot run "
+                               "without its shortcut")
+        run = tuple(abs(b) for b in steps)
         foreign = [b for b in run if b not in blocks]
         if foreign:
             raise LoafingError(
@@ -128,7 +147,45 @@ def uniform_space(layout: Layout) -> list[Plan]:
     return list(dict.fromkeys(plans))
 
 
-SPACES: dict[str, Callable[[Layout], list[Plan]]] = {"ordered": ordered_space, "uniform": uniform_space}
+def _kept_subsets(layout: Layout, branch_only: bool) -> list[Plan]:
+    """Every plan that keeps, per stage, any subset of the skippable blocks in order (and every other block)."""
+    options = [((), (-b if branch_only else b,)) if b in layout.skippable else ((b,),)
+               for b in layout.main_plan.sequence()]
+    stage_of = {b: s for s, blocks in enumerate(layout.stages) for b in blocks}
+    plans = []
+    for choice in itertools.product(*options):
+        stages: list[list[int]] = [[] for _ in layout.stages]
+        for block, kept in zip(layout.main_plan.sequence(), choice):
+            stages[stage_of[block]].extend(kept)
+        plans.append(Plan(tuple(tuple(stage) for stage in stages)))
+    return plans
+
+
+# Spaces of 2^(skippable blocks) plans are enumerated only up to this size (resnet20-cifar: 2^7, mobilenet: 2^9).
+SPACE_LIMIT = 4096
+
+
+def _check_space_size(layout: Layout, name: str) -> None:
+    size = 2 ** len(layout.skippable)
+    if size > SPACE_LIMIT:
+        raise LoafingError(f"the {name} space of this model has 2^{len(layout.skippable)} plans, more than "
+                           f"{SPACE_LIMIT} can be measured; give plans with --plan or use --space ordered")
+
+
+def stochastic_space(layout: Layout) -> list[Plan]:
+    """Every stochastic residual sub-network: per stage any subset of the skippable blocks, order kept."""
+    _check_space_size(layout, "stochastic")
+    return _kept_subsets(layout, branch_only=False)
+
+
+def raw_space(layout: Layout) -> list[Plan]:
+    """Every raw (unraveled) path: each skippable block contributes its branch alone or nothing (its identity)."""
+    _check_space_size(layout, "raw")
+    return _kept_subsets(layout, branch_only=True)
+
+
+SPACES: dict[str, Callable[[Layout], list[Plan]]] = {
+    "ordered": ordered_space, "uniform": uniform_space, "stochastic": stochastic_space, "raw": raw_space}
 
 
 def get_space(name: str, layout: Layout) -> list[Plan]:
@@ -150,4 +207,33 @@ def restricted_ordered_space(layout: Layout, size: int, seed: int) -> list[Plan]
 def sample_ordered_plan(layout: Layout, rng: random.Random) -> Plan:
     """The ST sampler: per stage a depth drawn uniformly from 1..n, independently per stage."""
     return ordered_plan(layout, tuple(rng.randint(1, n) for n in layout.stage_sizes))
+
+
+def _sample_kept(layout: Layout, rng: random.Random, branch_only: bool) -> Plan:
+    stages = []
+    for blocks in layout.stages:
+        kept = []
+        for b in blocks:
+            if b not in layout.skippable:
+                kept.append(b)
+            elif rng.random() < 0.5:
+                kept.append(-b if branch_only else b)
+        stages.append(tuple(kept))
+    return Plan(tuple(stages))
+
+
+def sample_stochastic_plan(layout: Layout, rng: random.Random) -> Plan:
+    """Stochastic residual sampling (Sec. 3.3): each skippable block kept or skipped with probability 1/2."""
+    return _sample_kept(layout, rng, branch_only=False)
+
+
+def sample_raw_plan(layout: Layout, rng: random.Random) -> Plan:
+    """Raw sampling (Sec. 3.3): each skippable block runs its branch alone or its identity, with probability 1/2."""
+    return _sample_kept(layout, rng, branch_only=True)
+
+
+# ST's sampling rules (`--sampling`): ordered draws a depth per stage uniformly (the paper's Alg. 1); the
+# other two draw every plan of their space with equal probability.
+SAMPLING_RULES: dict[str, Callable[[Layout, random.Random], Plan]] = {
+    "ordered": sample_ordered_plan, "stochastic": sample_stochastic_plan, "raw": sample_raw_plan}
 

@@ -199,6 +199,14 @@ def estimated_cost(spec: RunSpec, preset: Preset) -> float:
     return config.epochs * preset.train_images * factor
 
 
+def method_options_text(config: TrainConfig) -> str:
+    """The run's method options set away from their defaults, other than those --dry-run shows as columns."""
+    defaults = TrainConfig()
+    shown = ("lam", "space_size", "plan")
+    return " ".join(f"{o}={getattr(config, o)}" for o in get_method(config.method).options
+                    if o not in shown and getattr(config, o) != getattr(defaults, o))
+
+
 def describe_plan(preset: Preset) -> pd.DataFrame:
     """What `reproduce` would run (for --dry-run): one row per run with its settings and rough cost."""
     rows = []
@@ -206,7 +214,8 @@ def describe_plan(preset: Preset) -> pd.DataFrame:
         c = spec.config
         row = {"run": spec.name, "model": c.model, "dataset": c.dataset, "method": c.method, "lam": c.lam,
                "space_size": c.space_size or "", "plan": c.plan or "", "seed": c.seed, "epochs": c.epochs,
-               "kl_every": c.kl_every or "", "destruct": ",".join(preset.destruct_modes) if spec.destruct else ""}
+               "kl_every": c.kl_every or "", "options": method_options_text(c),
+               "destruct": ",".join(preset.destruct_modes) if spec.destruct else ""}
         if preset.train_images:
             passes = estimated_cost(spec, preset)
             row["image_passes"] = f"{passes:.3g}"

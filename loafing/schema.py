@@ -60,6 +60,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
 
 def run_columns() -> dict[str, str]:
     """The run-identifying columns and their types: the base ones, then those the training methods add."""
+    import loafing.methods  # noqa: F401  (the methods declare their columns when registered)
+
     return {**BASE_RUN_COLUMNS, **{name: kind for name, (kind, _) in _method_run_columns.items()}}
 
 
@@ -83,9 +85,23 @@ def run_identifiers(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     ids = {name: config.get(name) for name in BASE_RUN_COLUMNS}
     ids["dataset"] = dataset
     ids["trained_plan"] = config.get("plan") or ""
-    for name, (_, method) in _method_run_columns.items():
-        ids[name] = config.get(name) if config.get("method") == method else None
+    for name, (_, method) in run_column_owners().items():
+        ids[name] = config.get(name, _default(name)) if config.get("method") == method else None
     return ids
+
+
+def run_column_owners() -> dict[str, tuple[str, str]]:
+    """The columns the training methods add: name -> (type, the method that sets it)."""
+    import loafing.methods  # noqa: F401
+
+    return dict(_method_run_columns)
+
+
+def _default(name: str) -> Any:
+    """A method column's value for a run saved before the column existed: the setting's default."""
+    from loafing.config import TrainConfig
+
+    return getattr(TrainConfig(), name)
 
 
 def with_run_identifiers(df: pd.DataFrame, ids: Mapping[str, Any]) -> pd.DataFrame:
@@ -102,6 +118,7 @@ def conform(df: pd.DataFrame, table: str, required: Sequence[str] | None = None)
     """
     spec = TABLES[table]
     dtypes = spec.dtypes()
+    df = _with_method_columns(df)
     missing = [c for c in (dtypes if required is None else required) if c not in df.columns]
     if missing:
         raise LoafingError(f"{spec.file}: missing column '{missing[0]}'")
@@ -118,6 +135,17 @@ def conform(df: pd.DataFrame, table: str, required: Sequence[str] | None = None)
                 raise LoafingError(f"{spec.file}: column '{column}' holds a value that is not {_kind_name(kind)}") \
                     from None
     return out
+
+
+def _with_method_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A table written before a method added its column gets it: the default for that method's runs, else empty."""
+    absent = {n: o for n, o in run_column_owners().items() if n not in df.columns}
+    if not absent or "method" not in df.columns:
+        return df
+    df = df.copy()
+    for name, (_, method) in absent.items():
+        df[name] = [_default(name) if m == method else None for m in df["method"]]
+    return df
 
 
 def write_table(df: pd.DataFrame, path: str | Path, table: str) -> None:

@@ -38,7 +38,14 @@ RUNS = (  # run, method, lam, seed, trained_plan, space_size
     ("st3-s1", "st", 1.0, 1, "", 3),
     ("alone-a", "ct", 1.0, 0, "[1] [3]", ""),
     ("alone-b", "ct", 1.0, 0, "[1,2] [3]", ""),
+    ("sd-s0", "stochastic-depth", 1.0, 0, "", ""),  # the appendix's baselines and sampling rules
+    ("distill-s0", "self-distillation", 1.0, 0, "", ""),
+    ("layer-s0", "layer-supervision", 1.0, 0, "", ""),
+    ("stage-s0", "stage-supervision", 1.0, 0, "", ""),
+    ("st-raw-s0", "st", 1.0, 0, "", ""),
+    ("st-stochastic-s0", "st", 1.0, 0, "", ""),
 )
+SAMPLING = {"st-raw-s0": "raw", "st-stochastic-s0": "stochastic"}  # ST's other runs sample ordered plans
 
 
 def ordered_plans() -> list[tuple[str, str, int]]:
@@ -55,7 +62,8 @@ def run_ids(run: tuple, model: str = "toynet", dataset: str = "digits") -> dict:
     """The identifying columns every results row carries."""
     name, method, lam, seed, trained_plan, space_size = run
     return {"run": name, "model": model, "width_mult": 1.0, "method": method, "lam": lam, "seed": seed,
-            "dataset": dataset, "trained_plan": trained_plan, "space_size": space_size}
+            "dataset": dataset, "trained_plan": trained_plan, "space_size": space_size,
+            "sampling": SAMPLING.get(name, "ordered") if method == "st" else ""}
 
 
 def measure_rows(runs: tuple = RUNS, model: str = "toynet", dataset: str = "digits", seed: int = 0) -> pd.DataFrame:
@@ -176,7 +184,8 @@ def test_table1_matches_hand_calculation(results):
     assert table.loc["CT", "sub-networks mean seed std"] == pytest.approx(run_means.std(ddof=1))
     assert table.loc["CT", "main top-1"] == pytest.approx(ct.loc[ct["is_main"], "top1"].mean())
     # Full ST is named by its measured space size; the λ=2 run is not at the reference λ.
-    assert list(table.index) == ["CT", "ST-3", "ST-6"]
+    assert list(table.index) == ["CT", "ST-3", "ST-6", "ST (raw)", "ST (stochastic)", "Stochastic depth",
+                                 "Self-distillation", "CT+layer supervision", "CT+stage supervision"]
     assert table.loc["ST-6", "seeds"] == 2
     st = measure[measure["run"].isin(["st-s0", "st-s1"]) & measure["is_main"]]
     assert table.loc["ST-6", "main top-1"] == pytest.approx(st["top1"].mean())

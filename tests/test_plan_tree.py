@@ -9,7 +9,7 @@ from loafing.evaluate import evaluate_plans_one_by_one, plan_logits_one_by_one
 from loafing.destruct import delete_many, permute
 from loafing.models import MODELS, create_model
 from loafing.plan_tree import PlanTreeEvaluator, count_block_nodes, evaluate_plans, own_bn_tensors
-from loafing.plans import Plan, ordered_space, uniform_space
+from loafing.plans import Plan, ordered_space, raw_space, stochastic_space, uniform_space
 
 CPU = torch.device("cpu")
 
@@ -47,7 +47,8 @@ def permutations(layout):
 
 
 FAMILIES = {"ordered": ordered_space, "uniform": uniform_space, "deletions": deletions,
-            "permutations": permutations}
+            "permutations": permutations, "stochastic": lambda layout: stochastic_space(layout)[::9],
+            "raw": lambda layout: raw_space(layout)[::9]}
 
 
 @pytest.fixture(scope="module")

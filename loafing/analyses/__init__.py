@@ -28,4 +28,4 @@ def presets() -> dict[str, Preset]:
     return {name: build() for name, build in PRESETS.items()}
 
 
-from loafing.analyses import paper  # noqa: E402,F401  (registers the paper's presets)
+from loafing.analyses import appendix, paper  # noqa: E402,F401  (register the paper's presets)

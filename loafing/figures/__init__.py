@@ -15,11 +15,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loafing.errors import LoafingError
-from loafing.figures.plots import (plot_destruct, plot_inside_vs_alone, plot_kl, plot_lambda, plot_space_size,
-                                   plot_subnetworks, plot_trajectories)
+from loafing.figures.plots import (destruct_beside, plot_destruct, plot_inside_vs_alone, plot_kl, plot_lambda,
+                                   plot_methods_subnetworks, plot_sampling_rules, plot_space_size, plot_subnetworks,
+                                   plot_trajectories)
 from loafing.figures.select import NotEnoughData, require_columns
 from loafing.figures.tables import (markdown_table, render_table, table_cost, table_inside_grid,
-                                    table_main_and_subnetworks)
+                                    table_main_and_subnetworks, table_methods)
 from loafing.io import atomic_path
 from loafing.schema import TABLES, read_table
 
@@ -35,9 +36,10 @@ class FigureSpec:
     title: str
     table: str  # a key of loafing.schema.TABLES
     columns: tuple[str, ...]
-    function: Callable[[pd.DataFrame], Figure | pd.DataFrame]
+    function: Callable[..., Figure | pd.DataFrame]  # (rows of `table`, rows of each of `also`) -> result
     kind: str  # "figure" | "table"
     group_by: tuple[str, ...] = ("model", "dataset")
+    also: tuple[str, ...] = ()  # further tables it reads (each filtered to the same group; may be absent)
 
 
 @dataclasses.dataclass
@@ -69,23 +71,46 @@ FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
     FigureSpec("figr2", "Fig. r2: training loss and test top-1", "train_log",
                (*RUN, "epoch", "loss", "test_top1_recalibrated"), plot_trajectories, "figure"),
     FigureSpec("figr3", "Fig. r3: effect of λ on stimulative training", "measure", MEASURED, plot_lambda, "figure"),
+    FigureSpec("fig3", "Fig. 3: ST's sampling rules, main network and sub-networks", "measure", MEASURED,
+               plot_sampling_rules, "figure"),
     FigureSpec("table1", "Table 1: main network and sub-networks top-1 (%)", "measure", MEASURED,
                table_main_and_subnetworks, "table"),
+    FigureSpec("tabler3", "Table r3: training methods compared", "measure", MEASURED, table_methods, "table",
+               also=("train_log",)),
+    FigureSpec("figr4", "Fig. r4: top-1 drop, CT vs ST vs self-distillation", "destruct",
+               (*RUN, "mode", "n", "layers", "drop"), destruct_beside("self-distillation"), "figure"),
+    FigureSpec("figr5", "Fig. r5: top-1 drop, CT vs ST vs stochastic depth", "destruct",
+               (*RUN, "mode", "n", "layers", "drop"), destruct_beside("stochastic-depth"), "figure"),
+    FigureSpec("figr6", "Fig. r6: top-1 drop, CT vs ST vs layer supervision", "destruct",
+               (*RUN, "mode", "n", "layers", "drop"), destruct_beside("layer-supervision"), "figure"),
+    FigureSpec("figr7", "Fig. r7: top-1 drop, CT vs ST vs stage supervision", "destruct",
+               (*RUN, "mode", "n", "layers", "drop"), destruct_beside("stage-supervision"), "figure"),
+    FigureSpec("figr8", "Fig. r8: sub-networks under every training method", "measure", (*MEASURED, "n_blocks"),
+               plot_methods_subnetworks, "figure"),
     FigureSpec("tabler4", "Table r4: training time and memory", "train_log",
                (*RUN, "seconds", "examples_per_s", "peak_memory_mib", "memory_kind"), table_cost, "table"),
 )}
 
 
-def split_groups(df: pd.DataFrame, group_by: Sequence[str]) -> list[tuple[str, str, pd.DataFrame]]:
-    """(file-name suffix, title context, rows) per group; a single group gets no suffix."""
+def split_groups(df: pd.DataFrame, group_by: Sequence[str]) -> list[tuple[str, str, tuple, pd.DataFrame]]:
+    """(file-name suffix, title context, group keys, rows) per group; a single group gets no suffix."""
     groups = list(df.groupby(list(group_by), dropna=False, sort=True))
     out = []
     for keys, rows in groups:
         keys = keys if isinstance(keys, tuple) else (keys,)
         names = [str(k) for k in keys]
         suffix = "" if len(groups) == 1 else "-" + "-".join(names)
-        out.append((suffix, ", ".join(names), rows))
+        out.append((suffix, ", ".join(names), keys, rows))
     return out
+
+
+def _same_group(df: pd.DataFrame, group_by: Sequence[str], keys: tuple) -> pd.DataFrame:
+    """Rows of `df` in the group with these keys (all of them where `df` lacks a group column)."""
+    mask = pd.Series(True, index=df.index)
+    for column, key in zip(group_by, keys):
+        if column in df.columns:
+            mask &= df[column] == key
+    return df[mask]
 
 
 def _save_figure(fig: Figure, path: Path) -> None:
@@ -127,9 +152,14 @@ def make_figures(results_dir: str | Path, out_dir: str | Path,
             outcomes.append(FigureOutcome(name, [], f"{file} has no rows"))
             continue
         require_columns(data, (*spec.group_by, *spec.columns), file)
-        for suffix, context, rows in split_groups(data, spec.group_by):
+        for extra in spec.also:
+            if extra not in tables:
+                path = results_dir / TABLES[extra].file
+                tables[extra] = (read_table(path, extra, required=()) if path.exists()
+                                 else pd.DataFrame(columns=list(TABLES[extra].dtypes())))
+        for suffix, context, keys, rows in split_groups(data, spec.group_by):
             try:
-                result = spec.function(rows)
+                result = spec.function(rows, *(_same_group(tables[t], spec.group_by, keys) for t in spec.also))
             except NotEnoughData as reason:
                 outcomes.append(FigureOutcome(name, [], str(reason), suffix.lstrip("-")))
                 continue
@@ -149,6 +179,7 @@ def make_figures(results_dir: str | Path, out_dir: str | Path,
     return outcomes
 
 
-__all__ = ["FIGURES", "FigureOutcome", "FigureSpec", "NotEnoughData", "make_figures", "plot_destruct",
-           "plot_inside_vs_alone", "plot_kl", "plot_lambda", "plot_space_size", "plot_subnetworks",
-           "plot_trajectories", "table_cost", "table_inside_grid", "table_main_and_subnetworks"]
+__all__ = ["FIGURES", "FigureOutcome", "FigureSpec", "NotEnoughData", "destruct_beside", "make_figures",
+           "plot_destruct", "plot_inside_vs_alone", "plot_kl", "plot_lambda", "plot_methods_subnetworks",
+           "plot_sampling_rules", "plot_space_size", "plot_subnetworks", "plot_trajectories", "table_cost",
+           "table_inside_grid", "table_main_and_subnetworks", "table_methods"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from loafing.figures.select import (ALONE, ALONE_LABEL, NotEnoughData, add_scheme, add_space_size, architecture_name,
                                     at_reference_lam, conventionally_trained, ct_and_st, full_runs, is_blank, label_palette,
-                                    per_run_subnetwork_stats, scheme_colour, scheme_order)
+                                    of_methods, ordered_sampling, per_run_subnetwork_stats, scheme_colour, scheme_order)
 
 
 def use_style() -> None:
@@ -160,9 +160,11 @@ def plot_space_size(measure: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_destruct(destruct: pd.DataFrame) -> Figure:
-    """Fig. 6: top-1 drop after deleting one layer, deleting several layers and permuting layers."""
-    rows = add_scheme(at_reference_lam(full_runs(ct_and_st(destruct))))
+def plot_destruct(destruct: pd.DataFrame, methods: Sequence[str] = ("ct", "st")) -> Figure:
+    """Fig. 6 (Figs. r4-r7 with a baseline among `methods`): top-1 drop after deleting one layer, deleting several
+    layers and permuting layers."""
+    chosen = destruct[destruct["method"].isin(methods) & ordered_sampling(destruct)]
+    rows = add_scheme(at_reference_lam(full_runs(chosen)))
     rows = rows[rows["n"] > 0]
     modes = [mode for mode in ("delete-one", "delete-many", "permute") if mode in set(rows["mode"])]
     if not modes:
@@ -189,6 +191,71 @@ def plot_destruct(destruct: pd.DataFrame) -> Figure:
         ax.set_xlabel(xlabels[mode])
         ax.set_ylabel("top-1 drop (%)")
     _figure_legend(fig, list(axes[0]))
+    return fig
+
+
+def destruct_beside(baseline: str) -> Callable[[pd.DataFrame], Figure]:
+    """Figs. r4-r7: the Fig. 6 trio for `baseline` beside CT and ST."""
+    def plot(destruct: pd.DataFrame) -> Figure:
+        methods = ("ct", "st", baseline)
+        return plot_destruct(of_methods(destruct, methods), methods)
+    plot.__doc__ = f"The Fig. 6 trio for {baseline} beside CT and ST."
+    return plot
+
+
+def plot_methods_subnetworks(measure: pd.DataFrame) -> Figure:
+    """Fig. r8: top-1 of every measured sub-network under each training method (ST: ordered sampling, full space)."""
+    rows = add_scheme(at_reference_lam(full_runs(measure[ordered_sampling(measure)])))
+    rows = rows[is_blank(rows["space_size"])]
+    schemes = scheme_order(rows["scheme"])
+    if len(schemes) < 2:
+        raise NotEnoughData("needs runs of at least two training methods")
+    subs = rows[~rows["is_main"]]
+    plan_order = subs.drop_duplicates("plan").sort_values(["n_blocks", "plan"])["plan"].tolist()
+    x_of_plan = {plan: x for x, plan in enumerate(plan_order)}
+    means = subs.groupby(["scheme", "plan"], as_index=False)["top1"].mean()
+    means["x"] = means["plan"].map(x_of_plan)
+
+    use_style()
+    fig, (ax, box_ax) = plt.subplots(1, 2, figsize=(12, 3.8), width_ratios=(3, 1), layout="constrained")
+    for scheme in schemes:
+        line = means[means["scheme"] == scheme].sort_values("x")
+        ax.plot(line["x"], line["top1"], marker="o", markersize=2.5, linewidth=0.7, color=scheme_colour(scheme),
+                label=scheme)
+    ax.set_xlabel("sub-network (sorted by number of blocks)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_xticks([])
+    sns.boxplot(data=means, x="scheme", y="top1", hue="scheme", order=schemes, hue_order=schemes,
+                palette={s: scheme_colour(s) for s in schemes}, fliersize=2, linewidth=0.8, ax=box_ax)
+    box_ax.set_xlabel("")
+    box_ax.set_ylabel("sub-network top-1 (%)")
+    box_ax.tick_params(axis="x", labelrotation=30)
+    _figure_legend(fig, [ax])
+    return fig
+
+
+def plot_sampling_rules(measure: pd.DataFrame) -> Figure:
+    """Fig. 3: main-network top-1 and sub-network mean top-1 (± std over sub-networks) of ST per sampling rule,
+    CT beside them."""
+    rows = add_scheme(at_reference_lam(full_runs(measure[measure["method"].isin(["ct", "st"])])))
+    rows = rows[is_blank(rows["space_size"])]
+    stats = per_run_subnetwork_stats(rows.assign(label=rows["scheme"], n_subnetworks=0))
+    if stats[stats["scheme"].str.startswith("ST")]["scheme"].nunique() < 2:
+        raise NotEnoughData("needs ST runs with at least two sampling rules (--sampling)")
+    schemes = scheme_order(stats["scheme"])
+    per_scheme = stats.groupby("scheme")[["main_top1", "sub_mean", "sub_std"]].mean().reindex(schemes)
+    panels = (("main_top1", None, "main network top-1 (%)"), ("sub_mean", "sub_std", "sub-network top-1 (%), mean ± std"))
+
+    use_style()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    for ax, (column, spread, ylabel) in zip(axes, panels):
+        values = per_scheme[column]
+        ax.bar(range(len(schemes)), values, yerr=per_scheme[spread] if spread else None, capsize=3,
+               color=[scheme_colour(s) for s in schemes])
+        for x, value in enumerate(values):
+            ax.annotate(f"{value:.2f}", (x, value), textcoords="offset points", xytext=(8, 3), fontsize=7)
+        ax.set_xticks(range(len(schemes)), schemes, rotation=15)
+        ax.set_ylabel(ylabel)
     return fig
 
 

@@ -19,6 +19,8 @@ FOREIGN_LABEL = "foreign checkpoint"
 FOREIGN_COLOUR = "#8c8c8c"
 # Restricted spaces (e.g. ST-K) get a colour from K itself, so ST-48 looks the same in every figure.
 RESTRICTED_COLOURS = ("#dd8452", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
+# ST with another sampling rule than the paper's ordered one: 'ST (raw)', 'ST (stochastic)'.
+SAMPLING_COLOURS = {"stochastic": "#e17c05", "raw": "#7f3c8d"}
 
 
 class NotEnoughData(LoafingError):
@@ -47,8 +49,9 @@ def _labels() -> dict[str, int]:
     return {m.label: i for i, m in enumerate(METHODS.values())}
 
 
-def run_scheme(method: str, trained_plan: object, space_size: object) -> str:
-    """The training scheme of one run: 'alone', the method's label ('CT', 'ST'), or 'LABEL-K' for a restricted space."""
+def run_scheme(method: str, trained_plan: object, space_size: object, sampling: object = "") -> str:
+    """The training scheme of one run: 'alone', the method's label ('CT', 'ST'), 'LABEL-K' for a restricted space,
+    or 'ST (raw)' for ST with another sampling rule than the ordered one."""
     if not is_blank_cell(trained_plan):
         return ALONE
     if method == FOREIGN_METHOD:
@@ -56,14 +59,27 @@ def run_scheme(method: str, trained_plan: object, space_size: object) -> str:
     if method not in METHODS:
         raise LoafingError(f"unknown method '{method}'; valid choices: {', '.join(METHODS)}")
     label = METHODS[method].label
+    if not is_blank_cell(sampling) and sampling != "ordered":
+        return f"{label} ({sampling})"
     return label if is_blank_cell(space_size) else f"{label}-{int(space_size)}"
+
+
+def _sampling(df: pd.DataFrame) -> pd.Series:
+    return df["sampling"] if "sampling" in df.columns else pd.Series("", index=df.index)
 
 
 def add_scheme(df: pd.DataFrame) -> pd.DataFrame:
     """A copy of `df` with a `scheme` column (see run_scheme)."""
     out = df.copy()
-    out["scheme"] = [run_scheme(m, t, s) for m, t, s in zip(df["method"], df["trained_plan"], df["space_size"])]
+    out["scheme"] = [run_scheme(m, t, s, r) for m, t, s, r in zip(df["method"], df["trained_plan"], df["space_size"],
+                                                                  _sampling(df))]
     return out
+
+
+def _split_sampling(scheme: str) -> tuple[str, str] | None:
+    """('ST', 'raw') for 'ST (raw)'; None if `scheme` is not a method's label with a sampling rule."""
+    base, _, rule = scheme.partition(" (")
+    return (base, rule[:-1]) if base in _labels() and rule[:-1] in SAMPLING_COLOURS else None
 
 
 def _split_restricted(scheme: str) -> tuple[str, int] | None:
@@ -84,11 +100,15 @@ def scheme_colour(scheme: str) -> str:
     restricted = _split_restricted(scheme)
     if restricted is not None:
         return RESTRICTED_COLOURS[int(math.log2(restricted[1])) % len(RESTRICTED_COLOURS)]
-    raise LoafingError(f"unknown scheme '{scheme}' (expected {', '.join(colours)}, LABEL-K or alone)")
+    sampled = _split_sampling(scheme)
+    if sampled is not None:
+        return SAMPLING_COLOURS[sampled[1]]
+    raise LoafingError(f"unknown scheme '{scheme}' (expected {', '.join(colours)}, LABEL-K, LABEL (rule) or alone)")
 
 
 def scheme_order(labels: Sequence[str]) -> list[str]:
-    """Labels in registry order of their methods (CT first), restricted spaces by growing size before the full one."""
+    """Labels in registry order of their methods (CT first), restricted spaces by growing size before the full one,
+    other sampling rules after it."""
     position = _labels()
 
     def key(label: str) -> tuple[int, int, float, str]:
@@ -97,6 +117,9 @@ def scheme_order(labels: Sequence[str]) -> list[str]:
         restricted = _split_restricted(label)
         if restricted is not None:
             return (0, position[restricted[0]], float(restricted[1]), label)
+        sampled = _split_sampling(label)
+        if sampled is not None:
+            return (0, position[sampled[0]], math.inf, label)  # after the plain label: a prefix sorts first
         return (1, 0, 0.0, label)
     return sorted(set(labels), key=key)
 
@@ -123,9 +146,24 @@ def network_name(model: str, depths: str) -> str:
     return architecture_name(model, depths) or depths
 
 
+def ordered_sampling(df: pd.DataFrame) -> pd.Series:
+    """True for rows of runs that are not ST with another sampling rule than the paper's ordered one."""
+    sampling = _sampling(df)
+    return (df["method"] != "st") | is_blank(sampling) | (sampling == "ordered")
+
+
 def ct_and_st(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of CT and ST runs: the paper's main figures compare these two."""
-    return df[df["method"].isin(["ct", "st"])]
+    """Rows of CT and ST (ordered sampling) runs: the paper's main figures compare these two."""
+    return df[df["method"].isin(["ct", "st"]) & ordered_sampling(df)]
+
+
+def of_methods(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Rows of runs of `methods`, ST only with ordered sampling; NotEnoughData unless each method has rows."""
+    rows = df[df["method"].isin(methods) & ordered_sampling(df)]
+    absent = [m for m in methods if m not in set(rows["method"])]
+    if absent:
+        raise NotEnoughData(f"needs runs of {', '.join(methods)}; none of {', '.join(absent)}")
+    return rows
 
 
 def reference_lam(df: pd.DataFrame) -> float | None:
@@ -150,7 +188,8 @@ def add_space_size(measure: pd.DataFrame) -> pd.DataFrame:
     0 for other methods) and `label` (full ST named by that size, e.g. 'ST-144', so it sits beside ST-6 and ST-48)."""
     out = add_scheme(measure)
     plans_per_run = out.groupby("run")["plan"].nunique()
-    samples = [method == "st" and scheme != ALONE for method, scheme in zip(out["method"], out["scheme"])]
+    samples = [method == "st" and scheme != ALONE and _split_sampling(scheme) is None
+               for method, scheme in zip(out["method"], out["scheme"])]
     sizes = []
     for run, space_size, st in zip(out["run"], out["space_size"], samples):
         if not st:

@@ -67,6 +67,29 @@ def table_cost(log: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def table_methods(measure: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:
+    """Table r3: per training method, training time, peak memory, main-network top-1 and all sub-networks'
+    top-1 as mean ± std (population std over the measured sub-networks, averaged over seeds)."""
+    stats = per_run_subnetwork_stats(add_space_size(at_reference_lam(full_runs(measure))))
+    if stats.empty:
+        raise NotEnoughData("no runs of the whole network")
+    try:
+        cost = table_cost(log).set_index("scheme")
+    except NotEnoughData:  # no train_log.csv beside measure.csv: the table shows accuracies only
+        cost = pd.DataFrame()
+    rows = []
+    for scheme in scheme_order(stats["scheme"]):
+        runs = stats[stats["scheme"] == scheme]
+        known = scheme in cost.index
+        rows.append({"method": scheme, "seeds": len(runs),
+                     "time (s)": cost.loc[scheme, "training time (s)"] if known else np.nan,
+                     "memory (MiB)": cost.loc[scheme, "peak memory (MiB)"] if known else np.nan,
+                     "memory kind": cost.loc[scheme, "memory kind"] if known else "",
+                     "main (%)": runs["main_top1"].mean(),
+                     "all (%)": f"{runs['sub_mean'].mean():.2f}±{runs['sub_std'].mean():.2f}"})
+    return pd.DataFrame(rows)
+
+
 def table_inside_grid(measure: pd.DataFrame) -> pd.DataFrame:
     """Sub-networks (rows) inside main networks (columns), the layout of Tables r5/r6: top-1 of each network's
     architecture inside each bigger conventionally trained network; on the diagonal each network on its own,

@@ -1,6 +1,8 @@
 """The CIFAR ResNets of He et al. (6n+2 layers, option-A shortcuts), with akamaster's parameter names."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,10 +34,12 @@ class CifarBasicBlock(nn.Module):
         self.skippable = stride == 1 and in_planes == planes
         self.shortcut = nn.Identity() if self.skippable else PadShortcut(planes - in_planes)
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch, before the addition."""
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.branch(x) + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -83,6 +87,13 @@ class StagedCifarResNet(StagedModel):
 
     def head_modules(self) -> list[nn.Module]:
         return [self.net.linear]
+
+    def residual(self, index: int, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 shortcut: bool = True) -> torch.Tensor:
+        block = self.block(index)
+        out = block.branch(x)
+        out = branch(out) if branch is not None else out
+        return F.relu(out + block.shortcut(x) if shortcut else out)
 
 
 def cifar_resnet_name(depths: tuple[int, ...]) -> str | None:

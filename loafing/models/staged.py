@@ -1,15 +1,17 @@
 """The staged view of a network: stem -> stages of blocks -> head, run by a plan."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from loafing.bn import frozen_bn_stats
 from loafing.conv import crop_conv_kernels
+from loafing.errors import LoafingError
 from loafing.plans import Layout, Plan, validate_plan
 from loafing.segments import make_segment_aware, stacked_batches
+
 
 class StagedModel(nn.Module):
     """A residual network seen as stem, body blocks and head; `model(x, plan)` runs the plan's blocks.
@@ -77,14 +79,34 @@ class StagedModel(nn.Module):
         """Features after the last stage -> logits."""
         return self._stem_and_head[1](x)
 
+    def residual(self, index: int, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 shortcut: bool = True) -> torch.Tensor:
+        """Skippable block `index` taken apart: `branch` applied to its residual branch's output (stochastic
+        depth's drop and scale), and its identity shortcut added or not (raw plans run the branch alone)."""
+        raise LoafingError(f"{type(self).__name__} cannot run a block's residual branch on its own; methods and "
+                           "plans that need it (raw sampling, stochastic depth) are not available for it")
+
+    def run_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """One step of a plan: block `step`, or for a negative step its residual branch alone."""
+        return self._blocks[step - 1](x) if step > 0 else self.residual(-step, x, shortcut=False)
+
     def forward(self, x: torch.Tensor, plan: Plan | None = None) -> torch.Tensor:
         """Logits of the network that runs `plan` (the main network if None)."""
         plan = plan or self.layout.main_plan
         self.check_plan(plan)
         x = self.stem(x)
         for b in plan.sequence():
-            x = self._blocks[b - 1](x)
+            x = self.run_step(b, x)
         return self.head(x)
+
+    def forward_with_block_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The main network's logits and the output of every body block, in order (for auxiliary heads)."""
+        outputs = []
+        x = self.stem(x)
+        for b in self.layout.main_plan.sequence():
+            x = self._blocks[b - 1](x)
+            outputs.append(x)
+        return self.head(x), outputs
 
     def forward_without_bn_updates(self, x: torch.Tensor, plan: Plan | None = None) -> torch.Tensor:
         """`forward`, but in train mode BN normalizes with batch statistics and leaves the running ones alone."""
@@ -119,7 +141,7 @@ class StagedModel(nn.Module):
                 main, stacked = block(main), None
         with frozen_bn_stats(self):  # blocks of a plan that reorders the main network's
             for b in sub_seq[i:]:
-                sub, stacked = self._blocks[b - 1](sub), None
+                sub, stacked = self.run_step(b, sub), None
         # The head always runs stacked, even on one shared input, so each half gets its own dropout mask.
         with stacked_batches(n):
             logits = self.head(torch.cat([main, sub]) if stacked is None else stacked)

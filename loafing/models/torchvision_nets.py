@@ -1,6 +1,8 @@
 """torchvision's MobileNetV3-Large and bottleneck ResNets, with the staged view."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torchvision
 from torch import nn
@@ -32,6 +34,12 @@ class StagedMobileNetV3(StagedModel):
     def head_modules(self) -> list[nn.Module]:
         return [self.net.features[16], self.net.classifier]
 
+    def residual(self, index: int, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 shortcut: bool = True) -> torch.Tensor:
+        out = self.block(index).block(x)  # InvertedResidual: no activation after the addition
+        out = branch(out) if branch is not None else out
+        return out + x if shortcut else out
+
 
 class StagedTorchvisionResNet(StagedModel):
     """torchvision bottleneck ResNet; stem conv1..maxpool, stages layer1..layer4, head avgpool + fc."""
@@ -53,6 +61,15 @@ class StagedTorchvisionResNet(StagedModel):
 
     def head_modules(self) -> list[nn.Module]:
         return [self.net.fc]
+
+    def residual(self, index: int, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 shortcut: bool = True) -> torch.Tensor:
+        b = self.block(index)  # a skippable Bottleneck: no downsample, identity shortcut
+        out = b.relu(b.bn1(b.conv1(x)))
+        out = b.relu(b.bn2(b.conv2(out)))
+        out = b.bn3(b.conv3(out))
+        out = branch(out) if branch is not None else out
+        return b.relu(out + x if shortcut else out)
 
 
 register_model(ModelSpec(
