@@ -139,7 +139,10 @@ def load_model(path: str | Path, model_name: str | None = None, width_mult: floa
     if not model_name:
         raise LoafingError(f"checkpoint {str(path)!r} is a foreign {source} state dict: pass --model")
     state_dict = _strip_prefix(state_dict, "module.")
-    classifier = get_spec(model_name).classifier_key
+    spec = get_spec(model_name)
+    if spec.rename_keys is not None:
+        state_dict = spec.rename_keys(state_dict)
+    classifier = spec.classifier_key
     if not num_classes and classifier not in state_dict:
         raise LoafingError(f"cannot tell the number of classes of {str(path)!r}: no {classifier!r} in it")
     classes = num_classes or int(state_dict[classifier].shape[0])

@@ -395,8 +395,10 @@ def models() -> None:
         layout = spec.layout()
         mean, std = spec.normalization
         click.echo(f"{name}: {spec.description}")
+        skippable = ("from the end of each stage only, keeping its first block" if layout.prefix_only
+                     else sorted(layout.skippable))
         click.echo(f"    stages {'-'.join(map(str, layout.stage_sizes))}, main plan {layout.main_plan}, "
-                   f"skippable {sorted(layout.skippable)}")
+                   f"skippable {skippable}")
         click.echo(f"    recipe {spec.recipe} ({spec.image_size}x{spec.image_size}), normalization mean "
                    f"{list(mean)} std {list(std)}, classifier {spec.classifier_key}, --width-mult "
                    f"{'yes' if spec.width_mult else 'no'}")

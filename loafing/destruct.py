@@ -156,6 +156,10 @@ def destroyed_networks(layout: Layout, mode: str, max_combos: int, seed: int) ->
         raise LoafingError(f"unknown mode {mode!r}; valid choices: {', '.join(MODES)}")
     if max_combos < 1:
         raise LoafingError(f"--max-combos must be at least 1, got {max_combos}")
+    if layout.prefix_only:
+        raise LoafingError("this model's blocks cannot be deleted or moved: each needs the features of every "
+                           "earlier block of its stage (a DenseNet's dense layers), so only the end of a stage can "
+                           "go, which is what `loafing measure` evaluates (its ordered sub-networks)")
     if mode == "delete-one":
         networks = delete_one(layout)
     elif mode == "delete-many":

@@ -119,6 +119,9 @@ def plan_sampler(model: StagedModel, config: TrainConfig, rng: random.Random) ->
             raise LoafingError("--space-size restricts the ordered space; it needs --sampling ordered")
         space = restricted_ordered_space(model.layout, config.space_size, config.space_seed)
         return lambda: rng.choice(space)
+    if config.sampling != "ordered" and model.layout.prefix_only:
+        raise LoafingError(f"--sampling {config.sampling} drops blocks from inside a stage; this model's stages can "
+                           "only be shortened from the end (--sampling ordered)")
     if config.sampling == "raw":
         require_residuals(model, "--sampling raw")
     rule = SAMPLING_RULES[config.sampling]

@@ -21,6 +21,9 @@ class Layout:
 
     stages: tuple[tuple[int, ...], ...]
     skippable: frozenset[int]
+    # Blocks can only be dropped from the end of a stage, in order (a DenseNet layer needs every earlier one's
+    # features): a plan keeps a prefix of each stage.
+    prefix_only: bool = False
 
     @property
     def stage_sizes(self) -> tuple[int, ...]:
@@ -117,6 +120,9 @@ def validate_plan(plan: Plan, layout: Layout) -> None:
             )
         if len(set(run)) != len(run):
             raise LoafingError(f"plan {plan}: stage {s} runs a block more than once")
+        if layout.prefix_only and steps != blocks[:len(steps)]:
+            raise LoafingError(f"plan {plan}: stage {s} must keep its first blocks in order (a prefix of "
+                               f"{list(blocks)}); this model's blocks need every earlier block of their stage")
         for b in blocks:
             if b in layout.skippable:
                 continue
@@ -166,6 +172,9 @@ SPACE_LIMIT = 4096
 
 
 def _check_space_size(layout: Layout, name: str) -> None:
+    if layout.prefix_only:
+        raise LoafingError(f"the {name} space drops blocks from inside a stage; this model's stages can only be "
+                           "shortened from the end (--space ordered or uniform)")
     size = 2 ** len(layout.skippable)
     if size > SPACE_LIMIT:
         raise LoafingError(f"the {name} space of this model has 2^{len(layout.skippable)} plans, more than "

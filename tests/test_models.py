@@ -52,13 +52,16 @@ def test_unknown_model_lists_choices():
         create_model("resnet18", 10)
 
 
-def test_width_mult_only_for_mobilenet():
-    with pytest.raises(LoafingError, match="only supported by: mobilenet_v3_large"):
+def test_width_mult_only_where_the_spec_says():
+    supported = sorted(name for name, spec in MODELS.items() if spec.width_mult)
+    assert "mobilenet_v3_large" in supported and "densenet121" in supported and "resnet20-cifar" not in supported
+    with pytest.raises(LoafingError, match=f"only supported by: {', '.join(supported)}$"):
         create_model("resnet20-cifar", 10, width_mult=0.5)
-    small = create_model("mobilenet_v3_large", 10, width_mult=0.5)
-    big = create_model("mobilenet_v3_large", 10)
-    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())
-    assert small.layout == big.layout
+    for name in ("mobilenet_v3_large", "densenet121-cifar"):
+        small = create_model(name, 10, width_mult=0.5)
+        big = create_model(name, 10)
+        assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())
+        assert small.layout == big.layout
 
 
 def test_cifar_resnet_block_counts():

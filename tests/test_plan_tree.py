@@ -100,11 +100,12 @@ def test_mobilenet_ordered_space_matches_one_by_one(digits, loaders):
 def test_tree_matches_one_by_one_for_every_registered_model(name, loaders):
     """Ordered, deletion and permutation plans of every model: identical top-1 counts, logits within 1e-4."""
     test_loader, calib_loader = loaders
-    model = perturbed(name)
+    model = perturbed(name, **({"width_mult": 0.25} if MODELS[name].width_mult else {}))  # narrow: fast
     layout = model.layout
     ordered = ordered_space(layout)
-    plans = [ordered[0], ordered[len(ordered) // 3], ordered[-2], delete_many(layout, 1, seed=0)[-1].plan,
-             permute(layout, 1, seed=0)[-1].plan]
+    plans = [ordered[0], ordered[len(ordered) // 3], ordered[-2]]
+    if not layout.prefix_only:  # a DenseNet's stages only shorten from the end
+        plans += [delete_many(layout, 1, seed=0)[-1].plan, permute(layout, 1, seed=0)[-1].plan]
     evaluator = PlanTreeEvaluator(model, plans, CPU)
     with own_bn_tensors(model):
         evaluator.calibrate(x for x, _ in calib_loader)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from loafing.errors import LoafingError
 from loafing.models.staged import StagedModel
@@ -31,6 +31,9 @@ class ModelSpec:
     width_mult: bool = False  # whether --width-mult is supported
     # The name of the architecture a plan with these per-stage depths is, if it has one (Fig. 1's labels).
     architecture_name: Callable[[tuple[int, ...]], str | None] = field(default=_no_name)
+    min_image_size: int = 1  # the smallest input side the network takes (DenseNet's last transition pools 2x2)
+    # Renames a foreign state dict's keys to today's names (old torchvision DenseNet files), if needed.
+    rename_keys: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def image_size(self) -> int:

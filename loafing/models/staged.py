@@ -23,7 +23,8 @@ class StagedModel(nn.Module):
     """
 
     def __init__(self, net: nn.Module, blocks: Sequence[nn.Module], stage_sizes: Sequence[int],
-                 skippable: Sequence[bool], stem: nn.Module | None = None, head: nn.Module | None = None) -> None:
+                 skippable: Sequence[bool], stem: nn.Module | None = None, head: nn.Module | None = None,
+                 prefix_only: bool = False) -> None:
         super().__init__()
         self.net = make_segment_aware(crop_conv_kernels(net))
         # Plain tuples keep these out of the state dict: they are already registered under `net`.
@@ -33,7 +34,7 @@ class StagedModel(nn.Module):
         for n in stage_sizes:
             stages.append(tuple(range(start, start + n)))
             start += n
-        self.layout = Layout(tuple(stages), frozenset(i + 1 for i, s in enumerate(skippable) if s))
+        self.layout = Layout(tuple(stages), frozenset(i + 1 for i, s in enumerate(skippable) if s), prefix_only)
         # Identity until set: create_model sets the spec's default, training the data set's, loading the checkpoint's.
         self.register_buffer("input_mean", torch.zeros(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.ones(1, 3, 1, 1), persistent=False)
@@ -118,8 +119,9 @@ class StagedModel(nn.Module):
 
         Blocks on the common prefix run once. After that, every block both networks run (for an
         ordered sub-network: all of its remaining blocks, and the head) runs once on the two
-        batches stacked, each half normalized by BN with its own batch statistics. Only the main
-        network updates running statistics.
+        batches stacked, each half normalized by BN with its own batch statistics, or, where the
+        two inputs differ in width (a DenseNet after a shortened dense block), once on each. Only
+        the main network updates running statistics.
         """
         self.check_plan(plan)
         sub_seq = plan.sequence()
@@ -134,6 +136,11 @@ class StagedModel(nn.Module):
                 if main is sub:
                     main = sub = block(main)
                     continue
+                if main.shape != sub.shape:  # inputs of different widths (a shortened DenseNet block) cannot stack
+                    main, stacked = block(main), None
+                    with frozen_bn_stats(self):
+                        sub = block(sub)
+                    continue
                 with stacked_batches(n):
                     stacked = block(torch.cat([main, sub]) if stacked is None else stacked)
                 main, sub = stacked[:n], stacked[n:]
@@ -142,6 +149,10 @@ class StagedModel(nn.Module):
         with frozen_bn_stats(self):  # blocks of a plan that reorders the main network's
             for b in sub_seq[i:]:
                 sub, stacked = self.run_step(b, sub), None
+        if main.shape != sub.shape:
+            with frozen_bn_stats(self):
+                sub_logits = self.head(sub)
+            return self.head(main), sub_logits
         # The head always runs stacked, even on one shared input, so each half gets its own dropout mask.
         with stacked_batches(n):
             logits = self.head(torch.cat([main, sub]) if stacked is None else stacked)
