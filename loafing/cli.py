@@ -274,7 +274,7 @@ def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir:
     from loafing.figures import make_figures
     from loafing.inside import inside_vs_alone as study
     from loafing.io import check_output_file, check_output_folder
-    from loafing.measure import evaluation_data
+    from loafing.measure import check_classes, evaluation_data
     from loafing.schema import write_table
 
     paths = [text.rpartition("=")[2] for text in checkpoints]
@@ -286,7 +286,7 @@ def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir:
         networks.append(load_model(path, model or None, unsafe_load=unsafe_load))
     data = evaluation_data(networks[0], dataset, data_dir, False, image_size)
     for loaded in networks[1:]:
-        evaluation_data(loaded, data.name, data_dir, False, image_size)  # same classes and recipe, checked
+        check_classes(loaded, data)
     table = study(networks, data, calib_size=calib_size, seed=seed, batch_size=batch_size, device=torch_device,
                   progress=not quiet)
     write_table(table, Path(out) / "measure.csv", "measure")

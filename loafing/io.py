@@ -111,8 +111,8 @@ def check_output_file(path: str | Path, inputs: Sequence[str | Path] = (), flag:
     return path
 
 
-def check_output_folder(path: str | Path, inputs: Sequence[str | Path] = (), flag: str = "--out") -> Path:
-    """Reject, before any work, an output folder that is empty, a file, holds an input, or is not writable."""
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Reject, before any work, an output folder that is empty, a file, or not writable."""
     if not str(path).strip():
         raise LoafingError(f"{flag} must name a folder, got an empty path")
     path = Path(path)

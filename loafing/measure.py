@@ -23,10 +23,15 @@ def evaluation_data(loaded: LoadedModel, dataset: str | None = None, data_dir: s
     dataset = dataset or loaded.config.get("dataset") or "digits"
     data = load_dataset(dataset, data_dir or loaded.config.get("data_dir"), download,
                         get_spec(loaded.config["model"]).recipe, image_size or loaded.config.get("image_size"))
-    if data.num_classes != loaded.config["num_classes"]:
-        raise LoafingError(f"checkpoint has {loaded.config['num_classes']} classes but {dataset} has "
-                           f"{data.num_classes}")
+    check_classes(loaded, data)
     return data
+
+
+def check_classes(loaded: LoadedModel, data: DataSplits) -> None:
+    """Raise a one-line LoafingError unless the checkpoint classifies as many classes as the data set has."""
+    if data.num_classes != loaded.config["num_classes"]:
+        raise LoafingError(f"checkpoint has {loaded.config['num_classes']} classes but {data.name} has "
+                           f"{data.num_classes}")
 
 
 def trained_plan(loaded: LoadedModel) -> Plan | None:

@@ -44,3 +44,26 @@ def run_cli(monkeypatch, capsys):
         captured = capsys.readouterr()
         return exit_info.value.code, captured.out, captured.err
     return run
+
+
+@pytest.fixture
+def interrupted_training(monkeypatch):
+    """Train a config until Ctrl-C (KeyboardInterrupt) strikes during the given epoch, as a user would stop it."""
+    import loafing.train as train_module
+
+    def run(config: TrainConfig, epoch: int) -> None:
+        real, calls = train_module.train_one_epoch, {"n": 0}
+
+        def dies_in_epoch(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == epoch:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "train_one_epoch", dies_in_epoch)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train(config, progress=False)
+        finally:
+            monkeypatch.setattr(train_module, "train_one_epoch", real)
+    return run

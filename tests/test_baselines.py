@@ -279,7 +279,8 @@ def test_every_baseline_trains_every_registered_model_one_step(method):
 # ---------------------------------------------------------------- heads are training-only; options; resume
 
 
-def test_auxiliary_heads_stay_out_of_the_measured_network_and_resume_bit_identically(tmp_path, monkeypatch):
+def test_auxiliary_heads_stay_out_of_the_measured_network_and_resume_bit_identically(tmp_path,
+                                                                                     interrupted_training):
     import loafing.train as train_module
 
     def cfg(out, epochs=2):
@@ -293,18 +294,7 @@ def test_auxiliary_heads_stay_out_of_the_measured_network_and_resume_bit_identic
     state = read_checkpoint(tmp_path / "full" / "checkpoint.pt")
     assert {k.split(".")[0] for k in state["method_state"]} == {"3", "6"}
 
-    real, calls = train_module.train_one_epoch, {"n": 0}
-
-    def dies_in_epoch_2(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(train_module, "train_one_epoch", real)
+    interrupted_training(cfg(tmp_path / "cut"), epoch=2)
     train(train_module.load_config(tmp_path / "cut"), progress=False, resume=True)
     cut = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     for part in ("model", "method_state"):

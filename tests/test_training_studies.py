@@ -116,7 +116,7 @@ def test_subnetwork_trained_alone_is_measured_on_its_plan(tmp_path, digits):
     assert row["top1"] > 30 and log["trained_plan"].iloc[0] == plan
 
 
-def test_resume_is_bit_identical(tmp_path, monkeypatch):
+def test_resume_is_bit_identical(tmp_path, interrupted_training):
     import loafing.train as train_module
 
     def config(out):
@@ -124,20 +124,8 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
                            kl_plans=3, kl_probe_size=50, calib_size=50, out=str(out))
 
     train(config(tmp_path / "full"), progress=False)
-    real = train_module.train_one_epoch
-    calls = {"n": 0}
-
-    def dies_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(tmp_path / "cut"), progress=False)
+    interrupted_training(config(tmp_path / "cut"), epoch=3)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(train_module, "train_one_epoch", real)
     train(train_module.load_config(tmp_path / "cut"), progress=False, resume=True)
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
