@@ -70,7 +70,7 @@ def build_stochastic_depth(model: StagedModel, config: TrainConfig, rng: random.
     def loss(x: torch.Tensor, y: torch.Tensor) -> StepResult:
         ce = F.cross_entropy(stochastic_depth_logits(model, x, survival, config.sd_mode, rng), y)
         return StepResult(ce, ce, torch.zeros((), device=x.device))
-    return TrainingStep(loss)
+    return TrainingStep(loss, uses_all_parameters=False)
 
 
 # ---------------------------------------------------------------- auxiliary heads

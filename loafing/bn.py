@@ -56,6 +56,24 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
             bn.track_running_stats = track
 
 
+@contextlib.contextmanager
+def synchronized_bn(model: nn.Module) -> Iterator[None]:
+    """Inside, every BatchNorm2d normalizes with the batch statistics of all processes (SyncBatchNorm; CUDA only).
+
+    The layers become SyncBatchNorm only for the training steps: rank 0's evaluations, which the other
+    processes do not join, must keep normalizing on their own.
+    """
+    swapped = [(bn, type(bn)) for bn in batchnorms(model) if isinstance(bn, nn.BatchNorm2d)]
+    for bn, _ in swapped:
+        bn.__class__ = nn.SyncBatchNorm
+        bn.process_group = None  # the default group: every process
+    try:
+        yield
+    finally:
+        for bn, kind in swapped:
+            bn.__class__ = kind
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, plan: Plan | None, batches: Iterable[torch.Tensor],
                    device: torch.device | str = "cpu") -> None:

@@ -6,6 +6,7 @@ used, and `loafing train`'s options are generated from TrainConfig, the one sour
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 import types
@@ -111,6 +112,8 @@ def train(overwrite: bool, quiet: bool, resume_dir: str | None, **options) -> No
     else:
         config = TrainConfig(**options)
     log = run_training(config, progress=not quiet, overwrite=overwrite, resume=bool(resume_dir))
+    if log.empty:  # a torchrun process other than rank 0: rank 0 reports
+        return
     last = log.iloc[-1]
     click.echo(f"{config.method} {config.model}: epoch {int(last['epoch'])}, test top-1 "
                f"{last['test_top1_recalibrated']:.2f}% (BN recalibrated), {log['seconds'].sum():.0f} s training "
@@ -152,12 +155,13 @@ def evaluation_options(f: Callable) -> Callable:
 def load_for_evaluation(ckpt: str, model: str | None, width_mult: float, dataset: str | None,
                         data_dir: str | None, download: bool, image_size: int | None, unsafe_load: bool,
                         device: str):
-    """Load the checkpoint and the data set it is evaluated on."""
+    """Load the checkpoint and the data set it is evaluated on, and the device this process evaluates on."""
     from loafing.checkpoint import load_model
+    from loafing.distributed import current_world, process_device
     from loafing.evaluate import resolve_device
     from loafing.measure import evaluation_data
 
-    torch_device = resolve_device(device)
+    torch_device = process_device(current_world(), resolve_device(device))
     loaded = load_model(ckpt, model, width_mult, unsafe_load=unsafe_load)
     return loaded, evaluation_data(loaded, dataset, data_dir, download, image_size), torch_device
 
@@ -171,7 +175,10 @@ def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None
             download: bool, image_size: int | None, unsafe_load: bool, calib_size: int, no_recalibrate: bool,
             seed: int, batch_size: int, device: str, out: str, quiet: bool, space: str,
             plan_texts: tuple[str, ...]) -> None:
-    """Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV."""
+    """Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV.
+
+    Under torchrun the processes share the plans out and rank 0 writes the one CSV."""
+    from loafing.distributed import current_world, process_group
     from loafing.io import check_output_file
     from loafing.measure import measure_plans, plans_to_measure, summarize_measure
     from loafing.plans import parse_plan
@@ -182,9 +189,13 @@ def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None
     loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download,
                                                      image_size, unsafe_load, device)
     plans = plans or plans_to_measure(loaded, space)
-    df = measure_plans(loaded, plans, data, calib_size=calib_size, recalibrate=not no_recalibrate, seed=seed,
-                       batch_size=batch_size, device=torch_device, progress=not quiet,
-                       space="plans" if plan_texts or len(plans) == 1 else space)
+    world = current_world()
+    with process_group(world, torch_device):
+        df = measure_plans(loaded, plans, data, calib_size=calib_size, recalibrate=not no_recalibrate, seed=seed,
+                           batch_size=batch_size, device=torch_device, progress=not quiet,
+                           space="plans" if plan_texts or len(plans) == 1 else space, world=world)
+    if not world.is_main:
+        return
     write_table(df, out, "measure")
     s = summarize_measure(df)
     click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {len(df)} plans on {data.name} -> {out}")
@@ -204,17 +215,24 @@ def measure(ckpt: str, model: str | None, width_mult: float, dataset: str | None
 def destruct(ckpt: str, model: str | None, width_mult: float, dataset: str | None, data_dir: str | None,
              download: bool, image_size: int | None, unsafe_load: bool, calib_size: int, no_recalibrate: bool,
              seed: int, batch_size: int, device: str, out: str, quiet: bool, mode: str, max_combos: int) -> None:
-    """Delete or permute layers and measure the accuracy drop of every destroyed network."""
+    """Delete or permute layers and measure the accuracy drop of every destroyed network.
+
+    Under torchrun the processes share the networks out and rank 0 writes the one CSV."""
     from loafing.destruct import destruct as run_destruct, summarize_drops
+    from loafing.distributed import current_world, process_group
     from loafing.io import check_output_file
     from loafing.schema import write_table
 
     check_output_file(out, [ckpt])
     loaded, data, torch_device = load_for_evaluation(ckpt, model, width_mult, dataset, data_dir, download,
                                                      image_size, unsafe_load, device)
-    df = run_destruct(loaded, data, mode, max_combos=max_combos, calib_size=calib_size,
-                      recalibrate=not no_recalibrate, seed=seed, batch_size=batch_size, device=torch_device,
-                      progress=not quiet)
+    world = current_world()
+    with process_group(world, torch_device):
+        df = run_destruct(loaded, data, mode, max_combos=max_combos, calib_size=calib_size,
+                          recalibrate=not no_recalibrate, seed=seed, batch_size=batch_size, device=torch_device,
+                          progress=not quiet, world=world)
+    if not world.is_main:
+        return
     write_table(df, out, "destruct")
     main_top1 = df.loc[df["is_main"], "top1"].iloc[0]
     click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {mode}: {len(df) - 1} destroyed "
@@ -270,6 +288,7 @@ def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir:
                     quiet: bool) -> None:
     """Fig. 1 / Tables r5, r6: each smaller network inside each bigger one (BN-recalibrated) vs each on its own."""
     from loafing.checkpoint import load_model
+    from loafing.distributed import require_one_process
     from loafing.evaluate import resolve_device
     from loafing.figures import make_figures
     from loafing.inside import inside_vs_alone as study
@@ -277,6 +296,7 @@ def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir:
     from loafing.measure import check_classes, evaluation_data
     from loafing.schema import write_table
 
+    require_one_process("`loafing inside-vs-alone`")
     paths = [text.rpartition("=")[2] for text in checkpoints]
     check_output_file(Path(check_output_folder(out)) / "measure.csv", paths)
     torch_device = resolve_device(device)
@@ -315,9 +335,11 @@ def orchestration_options(f: Callable) -> Callable:
 def run_study(study, out: str | None, data_dir: str | None, device: str, jobs: int | None, dry_run: bool,
               quiet: bool) -> None:
     """Describe (--dry-run) or run a study definition through the orchestrator and report what it did."""
+    from loafing.distributed import require_one_process
     from loafing.io import check_output_folder
     from loafing.reproduce import describe_plan, reproduce as run_preset
 
+    require_one_process(f"`loafing {click.get_current_context().info_name}`")
     if dry_run:
         plan = describe_plan(study)
         click.echo(f"{study.name}: {study.description}; {len(plan)} runs")
@@ -437,10 +459,15 @@ _python_show_warning = warnings.showwarning
 def main() -> None:
     """Console entry point: run the CLI, turning bad input into one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
+    from loafing.distributed import AgreedError
+
     try:
         rc = cli.main(standalone_mode=False)
+    except AgreedError:  # rank 0 of the torchrun processes says it
+        sys.exit(2)
     except LoafingError as err:
-        click.echo(f"loafing: error: {one_line(str(err))}", err=True)
+        rank = os.environ.get("RANK", "0")  # torchrun's; another rank's own error says whose it is
+        click.echo(f"loafing: error{f' (rank {rank})' if rank != '0' else ''}: {one_line(str(err))}", err=True)
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("loafing: aborted", err=True)

@@ -43,6 +43,7 @@ class Range:
         return f"in {left}{low}, {high}{right}"
 
 
+AMP_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --amp -> torch dtype name
 AT_LEAST_1 = Range(1)
 NON_NEGATIVE = Range(0)
 POSITIVE = Range(0, low_open=True)
@@ -111,13 +112,21 @@ class TrainConfig:
     method: str = option("ct", "Training method (see `loafing methods`).", choices=_registry("methods"), what="method")
     lam: float = option(1.0, "ST: weight of the KL loss (paper Eq. 1).", range=NON_NEGATIVE)
     epochs: int = option(30, "Training epochs (the paper: 500 on CIFAR).", range=AT_LEAST_1)
-    batch_size: int = option(64, "Mini-batch size.", range=AT_LEAST_1)
+    batch_size: int = option(64, "Mini-batch size (under torchrun: the global one, split evenly over the "
+                             "processes).", range=AT_LEAST_1)
     lr: float = option(0.05, "Initial learning rate (cosine decay to 0).", range=POSITIVE)
     weight_decay: float = option(3e-5, "SGD weight decay.", range=NON_NEGATIVE)
     momentum: float = option(0.9, "SGD momentum.", range=Range(0, 1, high_open=True))
     bn_momentum: float | None = option(None, "BN running-statistics momentum; default: the model's own "
                                        "(torchvision's MobileNetV3: 0.01).", range=Range(0, 1, low_open=True))
     channels_last: bool = option(False, "Train with NHWC activations (about 2x faster on CPU for MobileNetV3).")
+    amp: str = option("none", "Mixed precision: none | bf16 | fp16 (autocast; fp16 with a gradient scaler). The "
+                      "evaluations stay in float32.", choices=lambda: list(AMP_DTYPES), what="precision")
+    data_on_device: bool = option(False, "Keep the whole training split on the device (uint8 images) and crop and flip "
+                                  "there per batch, with no loader processes (digits, CIFAR and other small images "
+                                  "at their stored size).")
+    sync_bn: bool = option(False, "Under torchrun on GPUs: normalize with the batch statistics of all processes "
+                           "(SyncBatchNorm); default: each process's own.")
     seed: int = option(0, "Seed of initialization, data order, ST sampling and the evaluation subsets.", range=SEED)
     device: str = option("auto", "auto | cpu | cuda | cuda:N.")
     workers: int = option(0, "DataLoader worker processes.", range=NON_NEGATIVE)
@@ -149,6 +158,7 @@ class TrainConfig:
     out: str = option("", "Run folder to write (required).")
     run: str = option("", "Run name in the tables (default: the --out folder's name).", cli=False)
     num_classes: int = option(0, "Set from the data set.", cli=False)
+    world_size: int = option(1, "Processes that trained the run together (torchrun), set when it starts.", cli=False)
 
 
 def config_fields() -> list[dataclasses.Field]:

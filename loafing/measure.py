@@ -8,10 +8,11 @@ import torch
 
 from loafing.checkpoint import LoadedModel
 from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
+from loafing.distributed import World
 from loafing.errors import LoafingError
 from loafing.evaluate import check_plans
 from loafing.models import get_spec
-from loafing.plan_tree import evaluate_plans
+from loafing.plan_tree import evaluate_plans_across
 from loafing.plans import Plan, get_space, parse_plan
 from loafing.schema import run_identifiers, with_run_identifiers
 
@@ -47,11 +48,12 @@ def plans_to_measure(loaded: LoadedModel, space: str) -> list[Plan]:
 
 def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, *, calib_size: int,
                   recalibrate: bool, seed: int, batch_size: int, device: torch.device, progress: bool = True,
-                  space: str = "plans") -> pd.DataFrame:
+                  space: str = "plans", world: World = World()) -> pd.DataFrame:
     """The measure table of `plans` on the test split, each BN-recalibrated on a seeded subset of the train split.
 
     `space` names where the plans came from (a space's name, or "plans"). For a sub-network trained
-    alone (`--plan`), KL and `is_main` refer to that trained network.
+    alone (`--plan`), KL and `is_main` refer to that trained network. With a `world` of several processes
+    (torchrun, its process group joined), each evaluates a share of the plans and every one returns the table.
     """
     plans = check_plans(loaded.model, plans)
     model = loaded.model.to(device)
@@ -59,7 +61,8 @@ def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, 
     calib_loader = None
     if recalibrate:
         calib_loader = make_loader(seeded_subset(data.train_plain, calib_size, seed), batch_size)
-    df, _ = evaluate_plans(model, plans, test_loader, calib_loader, device, progress, reference=trained_plan(loaded))
+    df = evaluate_plans_across(world, model, plans, test_loader, calib_loader, device, progress,
+                               reference=trained_plan(loaded))
     df["recalibrated"] = recalibrate
     df["calib_size"] = min(calib_size, len(data.train_plain)) if recalibrate else 0
     df["calib_seed"] = seed

@@ -37,6 +37,8 @@ class TrainingStep:
 
     loss: Callable[[torch.Tensor, torch.Tensor], StepResult]
     modules: nn.Module | None = None
+    # False where a step may leave parameters without a gradient (dropped or unused blocks): DDP must look for them.
+    uses_all_parameters: bool = True
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def trained_plan(model: StagedModel, config: TrainConfig) -> Plan | None:
 def build_ct(model: StagedModel, config: TrainConfig, rng: random.Random) -> TrainingStep:
     """CT: cross-entropy of the main network, or of the `--plan` sub-network trained alone."""
     plan = trained_plan(model, config)
-    return TrainingStep(lambda x, y: ct_loss(model, x, y, plan))
+    return TrainingStep(lambda x, y: ct_loss(model, x, y, plan), uses_all_parameters=plan is None)
 
 
 def require_residuals(model: StagedModel, what: str) -> None:

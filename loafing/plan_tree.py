@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from loafing.bn import batchnorms
+from loafing.distributed import World, gather_objects
 from loafing.evaluate import plan_row
 from loafing.models import StagedModel
 from loafing.plans import Plan
@@ -239,3 +240,30 @@ def evaluate_plans(model: StagedModel, plans: Sequence[Plan], test_loader: DataL
         if calib_loader is not None:
             evaluator.calibrate((x for x, _ in calib_loader), bar)
         return evaluator.evaluate(test_loader, predictions, bar)
+
+
+def plan_shares(plans: Sequence[Plan], parts: int) -> list[list[int]]:
+    """`plans`' indices in `parts` contiguous runs of prefix order (the plans' block sequences sorted), as even in
+    size as they go: each part is whole subtrees of the prefix tree but for the paths at its two ends."""
+    order = sorted(range(len(plans)), key=lambda i: plans[i].sequence())
+    bounds = [round(k * len(order) / parts) for k in range(parts + 1)]
+    return [order[bounds[k]:bounds[k + 1]] for k in range(parts)]
+
+
+def evaluate_plans_across(world: World, model: StagedModel, plans: Sequence[Plan], test_loader: DataLoader,
+                          calib_loader: DataLoader | None, device: torch.device, progress: bool = True,
+                          reference: Plan | None = None) -> pd.DataFrame:
+    """`evaluate_plans` with the plans shared out over the ranks of `world`, every rank returning the whole table.
+
+    Each rank recalibrates and evaluates its share on all the data (and the reference network, which KL
+    needs), so each row is computed exactly as one process computes it.
+    """
+    if not world.distributed:
+        return evaluate_plans(model, plans, test_loader, calib_loader, device, progress, reference=reference)[0]
+    mine = plan_shares(plans, world.size)[world.rank]
+    part = evaluate_plans(model, [plans[i] for i in mine], test_loader, calib_loader, device,
+                          progress and world.is_main, reference=reference)[0] if mine else pd.DataFrame()
+    rows: dict[int, dict] = {}
+    for indices, records in gather_objects(world, (mine, part.to_dict("records"))):
+        rows.update(zip(indices, records))
+    return pd.DataFrame([rows[i] for i in range(len(plans))])

@@ -8,20 +8,26 @@ import math
 import random
 import resource
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from loafing.bn import set_bn_momentum
+from loafing.bn import set_bn_momentum, synchronized_bn
 from loafing.checkpoint import read_checkpoint, save_checkpoint
-from loafing.config import TrainConfig, config_from_dict, validate_config
+from loafing.config import AMP_DTYPES, TrainConfig, config_from_dict, validate_config
 from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
-from loafing.errors import LoafingError
+from loafing.device_data import DeviceBatches, resident_split
+from loafing.distributed import (AgreedError, World, agree, all_reduce_sum, current_world, gather_objects,
+                                 process_device, process_group)
+from loafing.errors import LoafingError, LoafingWarning
 from loafing.evaluate import classification_metrics, predict, resolve_device
 from loafing.io import check_output_folder, run_folder_lock, write_json
 from loafing.methods import TrainingStep, check_method_options, get_method, trained_plan
@@ -41,13 +47,16 @@ class Run:
     """A run being trained: its configuration and everything built from it."""
 
     config: TrainConfig
+    world: World
     device: torch.device
     data: DataSplits
     model: StagedModel
     step: TrainingStep
+    trained: nn.Module  # what computes a step's losses: the model and the method's modules, under DDP when distributed
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: DataLoader
+    scaler: torch.amp.GradScaler  # fp16's loss scaling; disabled otherwise
+    train_loader: DataLoader | DeviceBatches  # this rank's share of each global batch
     test_loader: DataLoader
     calib_loader: DataLoader  # fixed training images that recalibrate BN for the per-epoch test accuracy
     rng: random.Random  # the method's sampler (ST plans)
@@ -61,12 +70,35 @@ class Run:
         return Path(self.config.out)
 
 
-def check_config(config: TrainConfig) -> None:
+class StepModule(nn.Module):
+    """The model and a method's training-only modules as one module whose forward is the method's step: what DDP
+    wraps, so that its gradient hooks see every step, whichever of the model's methods the step calls."""
+
+    def __init__(self, model: StagedModel, step: TrainingStep) -> None:
+        super().__init__()
+        self.model, self.method_modules, self.step_loss = model, step.modules, step.loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        result = self.step_loss(x, y)
+        return result.loss, result.ce, result.kl
+
+
+def check_config(config: TrainConfig, world: World = World(), device: torch.device | None = None) -> None:
     """Reject bad settings before any work starts."""
     if not config.out:
         raise LoafingError("--out is required (or --resume DIR)")
     validate_config(config)
     check_method_options(config)
+    if config.batch_size % world.size:
+        raise LoafingError(f"--batch-size {config.batch_size} is the global batch; it must split evenly over the "
+                           f"{world.size} processes")
+    if config.sync_bn:
+        if device is not None and device.type != "cuda":
+            raise LoafingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm only runs on CUDA tensors (on the CPU, "
+                               "each process normalizes its own share of the batch)")
+        if config.method == "st" and config.st_step == "shared":
+            raise LoafingError("--sync-bn cannot normalize the shared ST step's two stacked batches separately; "
+                               "pass --st-step simple with --sync-bn")
 
 
 def kl_trajectory_plans(model: StagedModel, config: TrainConfig) -> list[Plan]:
@@ -89,11 +121,34 @@ def training_data(config: TrainConfig) -> DataSplits:
     return data
 
 
-def build_run(config: TrainConfig) -> Run:
-    """The model, method step, data, optimizer and schedule of a run, seeded by `config.seed`."""
-    device = resolve_device(config.device)
+def train_batches(config: TrainConfig, data: DataSplits, world: World,
+                  device: torch.device) -> DataLoader | DeviceBatches:
+    """This rank's training batches: a seeded shuffling loader, DistributedSampler's share of the data under
+    torchrun, or the device-resident split (`data_on_device`)."""
+    batch_size = config.batch_size // world.size
+    if config.data_on_device:
+        split = resident_split(data.train, get_spec(config.model).recipe, data.image_size)
+        return DeviceBatches(split, batch_size, device, config.seed, world.rank, world.size)
+    if not world.distributed:
+        return make_loader(data.train, batch_size, shuffle=True, seed=config.seed, workers=config.workers,
+                           drop_last=len(data.train) > batch_size)
+    sampler = DistributedSampler(data.train, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    return DataLoader(data.train, batch_size=batch_size, sampler=sampler, num_workers=config.workers,
+                      drop_last=len(sampler) > batch_size, pin_memory=device.type == "cuda",
+                      persistent_workers=config.workers > 0)
+
+
+def build_run(config: TrainConfig, world: World = World(), device: torch.device | None = None) -> Run:
+    """The model, method step, data, optimizer and schedule of a run, seeded by `config.seed`; under torchrun,
+    this rank's part of it (the model and the ST sampler alike on every rank, the data shared out)."""
+    device = device or resolve_device(config.device)
+    if config.amp == "fp16" and device.type == "cpu":
+        warnings.warn("--amp fp16 on the CPU is many times slower than float32 (about 20x for ResNet-20 here); "
+                      "bf16 is the CPU's mixed precision", LoafingWarning)
     data = training_data(config)
-    config = dataclasses.replace(config, num_classes=data.num_classes, run=config.run or Path(config.out).name)
+    config = dataclasses.replace(config, num_classes=data.num_classes, run=config.run or Path(config.out).name,
+                                 world_size=world.size)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     model = create_model(config.model, data.num_classes, config.width_mult)
@@ -108,11 +163,18 @@ def build_run(config: TrainConfig) -> Run:
     if step.modules is not None:
         step.modules.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    trained: nn.Module = StepModule(model, step)
+    if world.distributed:
+        # The ST plan sampler (`rng`) stays seeded alike on every rank, so all ranks train the same sub-network;
+        # what differs per rank (dropout masks, stochastic depth's row mode) draws from its own stream.
+        torch.manual_seed(config.seed + world.rank)
+        trained = DistributedDataParallel(trained, device_ids=[device] if device.type == "cuda" else None,
+                                          find_unused_parameters=not step.uses_all_parameters)
     return Run(
-        config=config, device=device, data=data, model=model, step=step, optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs),
-        train_loader=make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed, workers=config.workers,
-                                 drop_last=len(data.train) > config.batch_size),
+        config=config, world=world, device=device, data=data, model=model, step=step, trained=trained,
+        optimizer=optimizer, scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs),
+        scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
+        train_loader=train_batches(config, data, world, device),
         test_loader=make_loader(data.test, config.eval_batch_size, workers=config.workers),
         calib_loader=make_loader(seeded_subset(data.train_plain, config.calib_size, config.seed),
                                  config.eval_batch_size),
@@ -120,24 +182,36 @@ def build_run(config: TrainConfig) -> Run:
         kl_plans=kl_trajectory_plans(model, config) if config.kl_every else [], memory_format=memory_format)
 
 
-def train_one_epoch(run: Run, desc: str, progress: bool = True) -> dict[str, float]:
-    """One pass over the training data; returns mean loss, CE and KL and the number of examples."""
-    run.model.train()
-    if run.step.modules is not None:
-        run.step.modules.train()
-    totals = torch.zeros(3, device=run.device)
+def autocast(run: Run) -> contextlib.AbstractContextManager:
+    """The run's mixed precision for the training forward (`--amp`), or nothing."""
+    dtype = AMP_DTYPES[run.config.amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(run.device.type, dtype=getattr(torch, dtype))
+
+
+def train_one_epoch(run: Run, epoch: int, desc: str, progress: bool = True) -> dict[str, float]:
+    """One pass over the training data (all ranks' shares); returns mean loss, CE and KL and the number of examples."""
+    run.trained.train()
+    if isinstance(run.train_loader.sampler, DistributedSampler):  # its permutation is drawn per epoch from seed + epoch
+        run.train_loader.sampler.set_epoch(epoch)
+    totals = torch.zeros(3, device=run.device, dtype=torch.float64)
     n = 0
-    for x, y in tqdm(run.train_loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        x = x.to(run.device, non_blocking=True, memory_format=run.memory_format)
-        y = y.to(run.device, non_blocking=True)
-        result = run.step.loss(x, y)
-        run.optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        run.optimizer.step()
-        totals += torch.stack([result.loss.detach(), result.ce.detach(), result.kl.detach()]) * len(y)
-        n += len(y)
-    loss, ce, kl = (totals / max(n, 1)).tolist()
-    return {"loss": loss, "ce": ce, "kl": kl, "examples": n}
+    sync = synchronized_bn(run.trained) if run.config.sync_bn else contextlib.nullcontext()
+    with sync:
+        for x, y in tqdm(run.train_loader, desc=desc, unit="batch", leave=False, disable=not progress):
+            x = x.to(run.device, non_blocking=True, memory_format=run.memory_format)
+            y = y.to(run.device, non_blocking=True)
+            with autocast(run):
+                loss, ce, kl = run.trained(x, y)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            totals += torch.stack([loss.detach(), ce.detach(), kl.detach()]).double() * len(y)
+            n += len(y)
+    loss, ce, kl, n = all_reduce_sum(run.world, torch.cat([totals, totals.new_tensor([n])])).tolist()
+    return {"loss": loss / max(n, 1), "ce": ce / max(n, 1), "kl": kl / max(n, 1), "examples": int(n)}
 
 
 @contextlib.contextmanager
@@ -193,18 +267,31 @@ def load_config(run_dir: str | Path) -> TrainConfig:
     return config_from_dict(values, str(path))
 
 
+def rank_rng_state(run: Run) -> dict:
+    """The random streams that differ per rank: torch's, CUDA's and the device-resident augmentation's."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+            "augment": run.train_loader.generator.get_state() if isinstance(run.train_loader, DeviceBatches) else None}
+
+
 def save_state(run: Run, epoch: int, log_rows: list[dict], kl_rows: list[dict]) -> None:
     """Write the configuration and the checkpoint of a finished epoch, then the tables it describes (each
-    atomically): a run killed at any moment leaves at most a checkpoint ahead of its tables, never behind."""
-    rng_state = {"torch": torch.get_rng_state(), "python": run.rng.getstate(),
-                 "loader": run.train_loader.generator.get_state(),
-                 "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None}
+    atomically): a run killed at any moment leaves at most a checkpoint ahead of its tables, never behind.
+
+    Every rank hands its random state to rank 0, which alone writes."""
+    ranks = gather_objects(run.world, rank_rng_state(run))
+    if not run.world.is_main:
+        return
+    loader = run.train_loader.generator if isinstance(run.train_loader, DataLoader) else None
+    rng_state = {"python": run.rng.getstate(), "loader": loader.get_state() if loader is not None else None,
+                 "ranks": ranks}
     method_state = run.step.modules.state_dict() if run.step.modules is not None else None
     write_json(dataclasses.asdict(run.config), run.out / CONFIG_NAME)
     # The checkpoint carries the rows too, so a resumed run never depends on which file was written last.
     save_checkpoint(run.out / CHECKPOINT_NAME, run.model, run.optimizer, run.scheduler, epoch,
                     dataclasses.asdict(run.config),
-                    {"rng": rng_state, "log_rows": log_rows, "kl_rows": kl_rows, "method_state": method_state})
+                    {"rng": rng_state, "log_rows": log_rows, "kl_rows": kl_rows, "method_state": method_state,
+                     "scaler": run.scaler.state_dict()})
     if kl_rows:
         write_table(pd.DataFrame(kl_rows), run.out / KL_NAME, "kl_trajectory")
     else:  # nothing recorded by this run yet: a KL table here is another run's
@@ -213,18 +300,29 @@ def save_state(run: Run, epoch: int, log_rows: list[dict], kl_rows: list[dict]) 
 
 
 def restore_state(run: Run) -> tuple[int, list[dict], list[dict]]:
-    """Load the last checkpoint into `run`; returns the epoch to continue with and the rows so far."""
+    """Load the last checkpoint into `run` (every rank reads it, each takes back its own random state); returns
+    the epoch to continue with and the rows so far."""
     state = read_checkpoint(run.out / CHECKPOINT_NAME)
     run.model.load_state_dict(state["model"])
     if run.step.modules is not None:
         run.step.modules.load_state_dict(state["method_state"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if run.device.type == "cuda" and state["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    run.rng.setstate(state["rng"]["python"])
-    run.train_loader.generator.set_state(state["rng"]["loader"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    mine = rng["ranks"][run.world.rank] if "ranks" in rng else rng  # checkpoints before torchrun: one process's
+    torch.set_rng_state(mine["torch"])
+    if run.device.type == "cuda" and mine.get("cuda") is not None:
+        cuda = mine["cuda"]
+        if isinstance(cuda, list):  # saved as every GPU's state by one process
+            cuda = cuda[run.device.index or 0]
+        torch.cuda.set_rng_state(cuda, run.device)
+    if mine.get("augment") is not None and isinstance(run.train_loader, DeviceBatches):
+        run.train_loader.generator.set_state(mine["augment"])
+    run.rng.setstate(rng["python"])
+    if rng.get("loader") is not None and isinstance(run.train_loader, DataLoader):
+        run.train_loader.generator.set_state(rng["loader"])
     return state["epoch"] + 1, state["log_rows"], state["kl_rows"]
 
 
@@ -233,20 +331,29 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, r
 
     With `resume`, continue from the last complete epoch in `config.out`; the result is bit-identical
     on the CPU to a run that was never interrupted. The folder is locked for the run: a second process
-    training into it gets a one-line error.
+    training into it gets a one-line error. Started by torchrun, the processes train one run together
+    (DDP); rank 0 holds the lock, shows the progress and writes, and returns the log (the others an empty one).
     """
-    check_config(config)
-    out = check_output_folder(config.out)
-    with run_folder_lock(out):
-        if resume and not (out / CHECKPOINT_NAME).exists():
-            raise LoafingError(f"{str(out)!r} holds no checkpoint to resume")
-        if not resume and (out / CHECKPOINT_NAME).exists() and not overwrite:
-            raise LoafingError(f"{str(out)!r} already holds a run; pass --overwrite, --resume, or another --out")
-        return _train(config, progress, resume)
+    world = current_world()
+    device = process_device(world, resolve_device(config.device))
+    with process_group(world, device), contextlib.ExitStack() as held:
+        def check() -> None:
+            check_config(config, world, device)
+            out = check_output_folder(config.out)
+            held.enter_context(run_folder_lock(out))
+            if resume and not (out / CHECKPOINT_NAME).exists():
+                raise LoafingError(f"{str(out)!r} holds no checkpoint to resume")
+            if resume and config.world_size != world.size:
+                raise LoafingError(f"the run in {str(out)!r} was trained by {config.world_size} process(es); resume "
+                                   f"it with as many (torchrun --nproc_per_node {config.world_size}), not {world.size}")
+            if not resume and (out / CHECKPOINT_NAME).exists() and not overwrite:
+                raise LoafingError(f"{str(out)!r} already holds a run; pass --overwrite, --resume, or another --out")
+        agree(world, check)
+        return _train(config, world, device, progress and world.is_main, resume)
 
 
-def _train(config: TrainConfig, progress: bool, resume: bool) -> pd.DataFrame:
-    run = build_run(config)
+def _train(config: TrainConfig, world: World, device: torch.device, progress: bool, resume: bool) -> pd.DataFrame:
+    run = build_run(config, world, device)
     config = run.config
     ids = run_identifiers(dataclasses.asdict(config), config.dataset)
     first_epoch, log_rows, kl_rows = restore_state(run) if resume else (1, [], [])
@@ -256,23 +363,25 @@ def _train(config: TrainConfig, progress: bool, resume: bool) -> pd.DataFrame:
         if run.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(run.device)
         start = time.perf_counter()
-        losses = train_one_epoch(run, desc=f"epoch {epoch}", progress=progress)
+        losses = train_one_epoch(run, epoch, desc=f"epoch {epoch}", progress=progress)
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
         seconds = time.perf_counter() - start
-        if not math.isfinite(losses["loss"]):
+        if not math.isfinite(losses["loss"]):  # the losses are every rank's, so every rank stops here
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
-            raise LoafingError(f"training diverged: the mean loss of epoch {epoch} is {losses['loss']}; {kept} "
-                               "(try a lower --lr)")
+            message = (f"training diverged: the mean loss of epoch {epoch} is {losses['loss']}; {kept} "
+                       "(try a lower --lr)")
+            raise LoafingError(message) if world.is_main else AgreedError(message)
         lr = run.optimizer.param_groups[0]["lr"]
         run.scheduler.step()
-        memory, memory_kind = peak_memory_mib(run.device)
-        log_rows.append({**ids, "epoch": epoch, "lr": lr, "loss": losses["loss"], "ce": losses["ce"],
-                         "kl": losses["kl"], **evaluate(run), "seconds": seconds,
-                         "examples_per_s": losses["examples"] / seconds, "peak_memory_mib": memory,
-                         "memory_kind": memory_kind})
-        if run.kl_plans and (epoch % config.kl_every == 0 or epoch == config.epochs):
-            with untouched_rng(run.device):  # recording the KL must not change what is trained
-                kl_rows += [{**ids, "epoch": epoch, **row} for row in record_kl(run).to_dict("records")]
+        if world.is_main:  # the evaluations are rank 0's: the others wait for it at the next step's collectives
+            memory, memory_kind = peak_memory_mib(run.device)
+            log_rows.append({**ids, "epoch": epoch, "lr": lr, "loss": losses["loss"], "ce": losses["ce"],
+                             "kl": losses["kl"], **evaluate(run), "seconds": seconds,
+                             "examples_per_s": losses["examples"] / seconds, "peak_memory_mib": memory,
+                             "memory_kind": memory_kind})
+            if run.kl_plans and (epoch % config.kl_every == 0 or epoch == config.epochs):
+                with untouched_rng(run.device):  # recording the KL must not change what is trained
+                    kl_rows += [{**ids, "epoch": epoch, **row} for row in record_kl(run).to_dict("records")]
         save_state(run, epoch, log_rows, kl_rows)
-    return pd.DataFrame(log_rows)
+    return pd.DataFrame(log_rows if world.is_main else [])

@@ -183,3 +183,35 @@ def test_inside_vs_alone_on_the_papers_checkpoints(run_cli, tmp_path, small_cifa
     table1 = (tmp_path / "all" / "table1-resnet32-cifar-imagefolder.md").read_text()
     assert f"| foreign checkpoint | 1 | {top1['resnet32-cifar', '5-5-5']:.2f} |" in table1
     assert "skipped: needs a CT run and at least one ST run" in out
+
+
+def test_the_device_resident_split_of_real_jpegs_is_their_pixels_cropped_and_flipped_as_the_recipe_does(small_cifar):
+    from loafing.data import decode_image, load_dataset
+    from loafing.device_data import DeviceBatches, resident_split
+
+    data = load_dataset("imagefolder", str(small_cifar), recipe="cifar")
+    split = resident_split(data.train, "cifar", 32)
+    files = data.train.source.files
+    assert split.augment and split.images.shape == (200, 3, 32, 32) and split.images.dtype == torch.uint8
+    for i in (0, 57, 199):
+        assert torch.equal(split.images[i], decode_image(files[i]))
+        assert split.labels[i] == CLASSES.index(Path(files[i]).parent.name)
+    batches = DeviceBatches(split, 50, torch.device("cpu"), seed=0)
+    flips = 0
+    for images, labels in batches:
+        assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+        for image, label in zip(images[:10], labels[:10]):
+            pixels = (image * 255).round().to(torch.uint8)
+            # which training image, cropped where and flipped or not, is it? exactly one of the recipe's crops
+            found = [(i, top, left, flip) for i in torch.nonzero(split.labels == label).flatten().tolist()
+                     for top in range(9) for left in range(9) for flip in (False, True)
+                     if torch.equal(pixels, _crop(split.images[i], top, left, flip))]
+            assert len(found) == 1
+            flips += found[0][3]
+    assert 0 < flips < 40
+
+
+def _crop(image: torch.Tensor, top: int, left: int, flip: bool) -> torch.Tensor:
+    """`image` zero-padded by 4, cropped back to 32x32 at (top, left), mirrored if `flip`."""
+    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))[:, top:top + 32, left:left + 32]
+    return padded.flip(-1) if flip else padded
