@@ -157,11 +157,15 @@ def load_for_evaluation(ckpt: str, model: str | None, width_mult: float, dataset
                         device: str):
     """Load the checkpoint and the data set it is evaluated on, and the device this process evaluates on."""
     from loafing.checkpoint import load_model
-    from loafing.distributed import current_world, process_device
+    from loafing.distributed import current_world, process_device, shared_error
     from loafing.evaluate import resolve_device
     from loafing.measure import evaluation_data
 
-    torch_device = process_device(current_world(), resolve_device(device))
+    world = current_world()
+    if download and world.distributed:  # every process would fetch the same files at once
+        raise shared_error(world, "--download under torchrun: fetch the data set once in one process, then run "
+                           "without --download")
+    torch_device = process_device(world, resolve_device(device))
     loaded = load_model(ckpt, model, width_mult, unsafe_load=unsafe_load)
     return loaded, evaluation_data(loaded, dataset, data_dir, download, image_size), torch_device
 
@@ -248,9 +252,11 @@ def destruct(ckpt: str, model: str | None, width_mult: float, dataset: str | Non
               help="Make only these figures (repeatable), e.g. --only fig4.")
 def figures(results_dir: str, out: str, only: tuple[str, ...]) -> None:
     """Make every figure and table of the paper whose CSVs are present; say which were skipped and why."""
+    from loafing.distributed import require_one_process
     from loafing.figures import make_figures
     from loafing.io import check_output_folder
 
+    require_one_process("`loafing figures`")
     if not Path(results_dir).is_dir():
         raise LoafingError(f"results folder {results_dir!r} does not exist")
     check_output_folder(out)

@@ -8,6 +8,7 @@ nothing here starts a process group.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
@@ -18,6 +19,7 @@ import torch.distributed as dist
 from loafing.errors import LoafingError
 
 T = TypeVar("T")
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 
 
 class AgreedError(LoafingError):
@@ -77,7 +79,10 @@ def join(world: World, device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
+    # The other ranks wait at their next collective while rank 0 evaluates an epoch alone (a full test set,
+    # the KL of every plan): NCCL's default 10 minutes could end a healthy run. A dead rank is caught by torchrun.
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size,
+                            timeout=COLLECTIVE_TIMEOUT)
 
 
 def leave() -> None:
@@ -107,27 +112,34 @@ def agree(world: World, check: Callable[[], T]) -> T:
     if not world.distributed:
         return check()
     outcome: list[Any] = [None]
+    failure: BaseException | None = None
     if world.is_main:
         try:
             outcome = [("ok", check())]
-        except LoafingError as err:
-            outcome = [("error", str(err))]
+        except BaseException as err:  # whatever stops rank 0 must stop the others too, not leave them waiting
+            failure = err
+            message = str(err) if isinstance(err, LoafingError) else f"rank 0 failed: {type(err).__name__}: {err}"
+            outcome = [("error", message)]
     dist.broadcast_object_list(outcome, src=0)
+    if failure is not None:
+        raise failure
     kind, value = outcome[0]
     if kind == "error":
-        if world.is_main:
-            raise LoafingError(value)
         raise AgreedError(value)
     return value
+
+
+def shared_error(world: World, message: str) -> LoafingError:
+    """The error every rank meets alike, to raise: rank 0's is printed, the others' stop their processes quietly."""
+    return LoafingError(message) if world.is_main else AgreedError(message)
 
 
 def require_one_process(what: str) -> None:
     """Refuse to run `what` under torchrun (each rank would do all of it); rank 0 says so, the others stop quietly."""
     world = current_world()
     if world.distributed:
-        message = (f"{what} runs in one process; under torchrun run `loafing train`, `loafing measure` or "
-                   "`loafing destruct`")
-        raise LoafingError(message) if world.is_main else AgreedError(message)
+        raise shared_error(world, f"{what} runs in one process; under torchrun run `loafing train`, `loafing measure` "
+                           "or `loafing destruct`")
 
 
 def gather_objects(world: World, obj: T) -> list[T]:

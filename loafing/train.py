@@ -25,8 +25,8 @@ from loafing.checkpoint import read_checkpoint, save_checkpoint
 from loafing.config import AMP_DTYPES, TrainConfig, config_from_dict, validate_config
 from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
 from loafing.device_data import DeviceBatches, resident_split
-from loafing.distributed import (AgreedError, World, agree, all_reduce_sum, current_world, gather_objects,
-                                 process_device, process_group)
+from loafing.distributed import (World, agree, all_reduce_sum, barrier, current_world, gather_objects, process_device,
+                                 process_group, shared_error)
 from loafing.errors import LoafingError, LoafingWarning
 from loafing.evaluate import classification_metrics, predict, resolve_device
 from loafing.io import check_output_folder, run_folder_lock, write_json
@@ -146,7 +146,11 @@ def build_run(config: TrainConfig, world: World = World(), device: torch.device 
     if config.amp == "fp16" and device.type == "cpu":
         warnings.warn("--amp fp16 on the CPU is many times slower than float32 (about 20x for ResNet-20 here); "
                       "bf16 is the CPU's mixed precision", LoafingWarning)
+    if config.download and not world.is_main:
+        barrier(world)  # rank 0 downloads alone, the others then read its files
     data = training_data(config)
+    if config.download and world.is_main:
+        barrier(world)
     config = dataclasses.replace(config, num_classes=data.num_classes, run=config.run or Path(config.out).name,
                                  world_size=world.size)
     torch.manual_seed(config.seed)
@@ -191,11 +195,14 @@ def autocast(run: Run) -> contextlib.AbstractContextManager:
 
 
 def train_one_epoch(run: Run, epoch: int, desc: str, progress: bool = True) -> dict[str, float]:
-    """One pass over the training data (all ranks' shares); returns mean loss, CE and KL and the number of examples."""
+    """One pass over the training data (all ranks' shares); returns mean loss, CE and KL and the number of examples.
+
+    Under fp16 a step whose loss overflowed is skipped by the gradient scaler, trains nothing, and is left
+    out of the means; only an epoch of nothing but such steps has non-finite means (diverged)."""
     run.trained.train()
     if isinstance(run.train_loader.sampler, DistributedSampler):  # its permutation is drawn per epoch from seed + epoch
         run.train_loader.sampler.set_epoch(epoch)
-    totals = torch.zeros(3, device=run.device, dtype=torch.float64)
+    totals = torch.zeros(4, device=run.device, dtype=torch.float64)  # loss, CE, KL (each x examples), examples
     n = 0
     sync = synchronized_bn(run.trained) if run.config.sync_bn else contextlib.nullcontext()
     with sync:
@@ -208,10 +215,15 @@ def train_one_epoch(run: Run, epoch: int, desc: str, progress: bool = True) -> d
             run.scaler.scale(loss).backward()
             run.scaler.step(run.optimizer)
             run.scaler.update()
-            totals += torch.stack([loss.detach(), ce.detach(), kl.detach()]).double() * len(y)
+            step = torch.stack([loss.detach(), ce.detach(), kl.detach(), loss.new_ones(())]).double() * len(y)
+            if run.scaler.is_enabled():
+                step = torch.where(torch.isfinite(step[0]), step, torch.zeros_like(step))
+            totals += step
             n += len(y)
-    loss, ce, kl, n = all_reduce_sum(run.world, torch.cat([totals, totals.new_tensor([n])])).tolist()
-    return {"loss": loss / max(n, 1), "ce": ce / max(n, 1), "kl": kl / max(n, 1), "examples": int(n)}
+    loss, ce, kl, counted, n = all_reduce_sum(run.world, torch.cat([totals, totals.new_tensor([n])])).tolist()
+    if counted == 0:
+        return {"loss": math.nan, "ce": math.nan, "kl": math.nan, "examples": int(n)}
+    return {"loss": loss / counted, "ce": ce / counted, "kl": kl / counted, "examples": int(n)}
 
 
 @contextlib.contextmanager
@@ -369,9 +381,8 @@ def _train(config: TrainConfig, world: World, device: torch.device, progress: bo
         seconds = time.perf_counter() - start
         if not math.isfinite(losses["loss"]):  # the losses are every rank's, so every rank stops here
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
-            message = (f"training diverged: the mean loss of epoch {epoch} is {losses['loss']}; {kept} "
-                       "(try a lower --lr)")
-            raise LoafingError(message) if world.is_main else AgreedError(message)
+            raise shared_error(world, f"training diverged: the mean loss of epoch {epoch} is {losses['loss']}; {kept} "
+                               "(try a lower --lr)")
         lr = run.optimizer.param_groups[0]["lr"]
         run.scheduler.step()
         if world.is_main:  # the evaluations are rank 0's: the others wait for it at the next step's collectives

@@ -148,6 +148,36 @@ def test_every_registered_method_trains_under_ddp_with_the_same_weights_on_both_
         assert not torch.equal(ranks[0][method]["net.conv1.weight"], initial["net.conv1.weight"]), method
 
 
+def _agree_worker(rank: int, port: int, out: str) -> None:
+    """One of 2 gloo processes: what `agree` hands each rank for rank 0's result, LoafingError and other failure."""
+    from loafing.distributed import agree
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    world, seen = current_world(), []
+
+    def fails(error: BaseException):
+        def check():
+            raise error
+        return check
+    with process_group(world, torch.device("cpu")):
+        seen.append(agree(world, lambda: f"decided by rank {world.rank}"))
+        for check in (fails(LoafingError("no run to resume")), fails(ValueError("a bug"))):
+            try:
+                agree(world, check)
+            except BaseException as err:  # noqa: BLE001 - recording what each rank raises
+                seen.append(f"{type(err).__name__}: {err}")
+    Path(out, f"rank{rank}.txt").write_text("\n".join(seen))
+
+
+def test_what_rank_0_decides_or_meets_reaches_every_rank(tmp_path):
+    torch.multiprocessing.spawn(_agree_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "rank0.txt").read_text().splitlines() == [
+        "decided by rank 0", "LoafingError: no run to resume", "ValueError: a bug"]
+    assert (tmp_path / "rank1.txt").read_text().splitlines() == [
+        "decided by rank 0", "AgreedError: no run to resume", "AgreedError: rank 0 failed: ValueError: a bug"]
+
+
 # ---------------------------------------------------------------- torchrun: train, kill, resume, measure
 
 
@@ -292,6 +322,27 @@ def test_amp_fp16_scales_the_loss_and_checkpoints_the_scaler(tmp_path):
     assert not torch.equal(state["model"]["net.conv1.weight"], initial["net.conv1.weight"])
 
 
+def test_under_fp16_a_step_whose_loss_overflowed_is_skipped_and_left_out_of_the_epoch_means(tmp_path):
+    run = build_run(TrainConfig(**{**SMALL_RUN, "train_size": 128, "batch_size": 32}, method="ct", amp="fp16",
+                                out=str(tmp_path)))
+    real, calls, losses = run.trained.forward, {"n": 0}, []
+
+    def overflows_once(x, y):
+        loss, ce, kl = real(x, y)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            loss = loss * float("inf")
+        losses.append(loss.item())
+        return loss, ce, kl
+    run.trained.forward = overflows_once
+    epoch = train_one_epoch(run, 1, "test", progress=False)
+    assert calls["n"] == 4 and math.isinf(losses[1])
+    assert epoch["examples"] == 128
+    assert epoch["loss"] == pytest.approx((losses[0] + losses[2] + losses[3]) / 3)
+    for p in run.model.parameters():
+        assert torch.isfinite(p).all()
+
+
 # ---------------------------------------------------------------- device-resident data
 
 
@@ -363,6 +414,14 @@ def test_commands_that_run_whole_studies_refuse_torchrun_and_say_so_once(rank, r
     assert err == ("loafing: error: `loafing reproduce` runs in one process; under torchrun run `loafing train`, "
                    "`loafing measure` or `loafing destruct`\n" if rank == 0 else "")
     assert not (tmp_path / "q").exists()
+
+
+def test_measure_under_torchrun_refuses_to_download_in_every_process(run_cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli("measure", "--ckpt", tmp_path / "x.pt", "--dataset", "cifar10", "--download",
+                           "--out", tmp_path / "m.csv")
+    assert code == 2 and err.startswith("loafing: error: --download under torchrun") and err.count("\n") == 1
 
 
 def random_image_folder(root: Path, n: int = 64) -> Path:
