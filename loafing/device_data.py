@@ -34,7 +34,7 @@ class ResidentSplit:
 
 def resident_split(dataset: Dataset, recipe: str, image_size: int) -> ResidentSplit:
     """The tensors of a training split the device path can hold: digits' float images (no augmentation), or an
-    in-memory uint8 image source in the cifar recipe at its stored size (every image decoded now)."""
+    in-memory uint8 image source in the cifar recipe at its stored size (the images it holds decoded now)."""
     indices = None
     if isinstance(dataset, Subset):
         indices, dataset = torch.as_tensor(dataset.indices), dataset.dataset
@@ -43,7 +43,8 @@ def resident_split(dataset: Dataset, recipe: str, image_size: int) -> ResidentSp
     elif (isinstance(dataset, Images) and dataset.source.memory is not None and recipe == "cifar"
           and tuple(dataset.source.memory.shape[2:]) == (image_size, image_size)):
         source = dataset.source
-        for i in torch.nonzero(~source.decoded).flatten().tolist():
+        used = indices if indices is not None else torch.arange(len(source))
+        for i in used[~source.decoded[used]].tolist():  # only the images this split trains on
             source.image(i)
         images, labels = source.memory, torch.tensor(source.labels)
     else:

@@ -450,3 +450,16 @@ def test_an_interrupted_run_with_its_data_on_the_device_resumes_with_the_same_cr
     b = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole["loss"].tolist() == resumed["loss"].tolist()
+
+
+def test_a_resident_subset_decodes_only_its_own_images(tmp_path):
+    from torch.utils.data import Subset
+
+    from loafing.data import load_dataset
+
+    data = load_dataset("imagefolder", str(random_image_folder(tmp_path)), recipe="cifar")
+    split = resident_split(Subset(data.train, [5, 3, 40]), "cifar", 32)
+    assert int(data.train.source.decoded.sum()) == 3
+    source = data.train.source
+    assert torch.equal(split.images[1], source.image(3))
+    assert split.labels.tolist() == [int(Path(source.files[i]).parent.name[1:]) for i in (5, 3, 40)]
