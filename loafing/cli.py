@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from loafing.config import AT_LEAST_1, SEED, Range, TrainConfig, check_choice, check_number, config_fields
-from loafing.errors import LoafingError, LoafingWarning
+from loafing.errors import AgreedError, LoafingError, LoafingWarning
 
 
 class RegistryChoice(click.Choice):
@@ -465,8 +465,6 @@ _python_show_warning = warnings.showwarning
 def main() -> None:
     """Console entry point: run the CLI, turning bad input into one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
-    from loafing.distributed import AgreedError
-
     try:
         rc = cli.main(standalone_mode=False)
     except AgreedError:  # rank 0 of the torchrun processes says it

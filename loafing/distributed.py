@@ -16,14 +16,10 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 import torch.distributed as dist
 
-from loafing.errors import LoafingError
+from loafing.errors import AgreedError, LoafingError
 
 T = TypeVar("T")
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
-
-
-class AgreedError(LoafingError):
-    """An error that rank 0 found and every rank raises; only rank 0 prints it."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +100,8 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
 
 
 def agree(world: World, check: Callable[[], T]) -> T:
-    """Run `check` on rank 0 and hand its result to every rank; a LoafingError it raises is raised on every rank.
+    """Run `check` on rank 0 and hand its result to every rank; whatever it raises stops every rank (rank 0 raises
+    it, the others an AgreedError saying it).
 
     For what only one process may do (lock the run folder) or should decide (is there a run to resume):
     other ranks would otherwise wait forever for a rank that stopped.
