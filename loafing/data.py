@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from loafing.errors import LoafingError
 from loafing.recipes import RECIPES, Transform
@@ -228,10 +228,10 @@ def seeded_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-                workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose shuffling order is fixed by `seed`."""
+                workers: int = 0, drop_last: bool = False, sampler: Sampler | None = None) -> DataLoader:
+    """A DataLoader whose shuffling order is fixed by `seed` (or given by `sampler`, e.g. a DistributedSampler)."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, sampler=sampler,
                       num_workers=workers, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0)
 

@@ -18,8 +18,8 @@ from torch.utils.data import Dataset, DistributedSampler, Subset, TensorDataset
 
 from loafing.data import Images
 from loafing.errors import LoafingError
+from loafing.recipes import CIFAR_CROP_PADDING
 
-CROP_PADDING = 4  # the cifar recipe's RandomCrop padding
 
 
 @dataclass
@@ -56,7 +56,7 @@ def resident_split(dataset: Dataset, recipe: str, image_size: int) -> ResidentSp
     return ResidentSplit(images, labels.long(), augment=images.dtype == torch.uint8)
 
 
-def crop_and_flip(images: torch.Tensor, generator: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
+def crop_and_flip(images: torch.Tensor, generator: torch.Generator, padding: int = CIFAR_CROP_PADDING) -> torch.Tensor:
     """Each uint8 image of a batch zero-padded by `padding`, cropped back to its size at uniform random offsets and
     flipped horizontally with probability 1/2."""
     n, channels, height, width = images.shape

@@ -13,6 +13,7 @@ import torch
 from torchvision.transforms import v2
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+CIFAR_CROP_PADDING = 4  # the cifar recipe's random crop: zero padding on each side before cropping back
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Recipe:
 
 
 def _cifar_train(size: int) -> list:
-    return [v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.RandomCrop(size, padding=4),
+    return [v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.RandomCrop(size, padding=CIFAR_CROP_PADDING),
             v2.RandomHorizontalFlip()]
 
 

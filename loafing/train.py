@@ -129,14 +129,13 @@ def train_batches(config: TrainConfig, data: DataSplits, world: World,
     if config.data_on_device:
         split = resident_split(data.train, get_spec(config.model).recipe, data.image_size)
         return DeviceBatches(split, batch_size, device, config.seed, world.rank, world.size)
-    if not world.distributed:
-        return make_loader(data.train, batch_size, shuffle=True, seed=config.seed, workers=config.workers,
-                           drop_last=len(data.train) > batch_size)
-    sampler = DistributedSampler(data.train, num_replicas=world.size, rank=world.rank, shuffle=True,
-                                 seed=config.seed, drop_last=True)
-    return DataLoader(data.train, batch_size=batch_size, sampler=sampler, num_workers=config.workers,
-                      drop_last=len(sampler) > batch_size, pin_memory=device.type == "cuda",
-                      persistent_workers=config.workers > 0)
+    sampler = None
+    if world.distributed:
+        sampler = DistributedSampler(data.train, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                     seed=config.seed, drop_last=True)
+    share = len(sampler) if sampler is not None else len(data.train)
+    return make_loader(data.train, batch_size, shuffle=sampler is None, seed=config.seed, workers=config.workers,
+                       drop_last=share > batch_size, sampler=sampler)
 
 
 def build_run(config: TrainConfig, world: World = World(), device: torch.device | None = None) -> Run:

@@ -39,13 +39,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def become_rank(rank: int, world_size: int, port: int) -> None:
+    """Give a spawned process the environment torchrun gives its workers."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+
+
 # ---------------------------------------------------------------- DDP steps == one process on the same global batches
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, config: dict, out: str) -> None:
     """One of the 2 gloo processes: an epoch of DDP training, recording the ST plan of every step."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
+    become_rank(rank, world_size, port)
     torch.set_num_threads(1)
     import loafing.methods as methods
 
@@ -123,8 +128,7 @@ def _every_method_worker(rank: int, port: int, out: str) -> None:
     """One of 2 gloo processes: an epoch of every registered method, under DDP."""
     from loafing.methods import METHODS
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
+    become_rank(rank, 2, port)
     torch.set_num_threads(1)
     world, device, states = current_world(), torch.device("cpu"), {}
     with process_group(world, device):
@@ -152,8 +156,7 @@ def _agree_worker(rank: int, port: int, out: str) -> None:
     """One of 2 gloo processes: what `agree` hands each rank for rank 0's result, LoafingError and other failure."""
     from loafing.distributed import agree
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
+    become_rank(rank, 2, port)
     world, seen = current_world(), []
 
     def fails(error: BaseException):
