@@ -166,6 +166,51 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
 
+@dataclass(frozen=True)
+class OptionSpec:
+    """One command-line option: its name, type, default, help, range and choices (what `--help` and validation read)."""
+
+    name: str
+    kind: type  # int, float, str or bool (the base type of an optional setting)
+    default: Any
+    help: str
+    range: Range | None = None
+    choices: Callable[[], list[str]] | None = None
+    what: str = ""  # what the choices are called in an error message
+
+    @property
+    def flag(self) -> str:
+        """The option as typed on the command line."""
+        return "--" + self.name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> type:
+    """int for `int | None`, and so on."""
+    import types
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def option_specs(cls: type) -> list[OptionSpec]:
+    """The command-line options of a config dataclass declared with `option(...)` fields, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return [OptionSpec(f.name, _base_type(hints[f.name]), f.default, f.metadata["help"], f.metadata["range"],
+                       f.metadata["choices"], f.metadata["what"])
+            for f in dataclasses.fields(cls) if f.metadata.get("cli", False)]
+
+
+def train_option_specs() -> list[OptionSpec]:
+    """Every option of `loafing train`: TrainConfig's, then the registered methods' own."""
+    return option_specs(TrainConfig)
+
+
+def make_train_config(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from flat settings (TrainConfig fields and the chosen method's own options), as the command
+    line, a study file or an old config.json gives them."""
+    return TrainConfig(**values)
+
+
 def validate_config(config: TrainConfig) -> None:
     """Raise a one-line LoafingError for a setting out of its range, not finite, or not among its choices."""
     for f in config_fields():
