@@ -118,7 +118,8 @@ def main() -> None:
                             config = TrainConfig(model=model, dataset="imagefolder", data_dir=data_dir, image_size=32,
                                                  train_size=args.train_size, batch_size=args.batch_size, method=method,
                                                  amp=amp, data_on_device=on_device, device=str(device),
-                                                 workers=args.workers, calib_size=10, out=str(Path(tmp) / "run"))
+                                                 workers=args.workers, monitor_calib_size=10,
+                                                 out=str(Path(tmp) / "run"))
                             if on_device and get_spec(model).recipe != "cifar":
                                 speed = float("nan")
                             else:

@@ -1,8 +1,11 @@
 """Checkpoints: the toolkit's own (complete) format and foreign ones (akamaster CIFAR ResNets, torchvision)."""
 from __future__ import annotations
 
+import math
+import os
 import pickle
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +13,17 @@ from typing import Any
 
 import torch
 
+from loafing.config import TrainConfig
 from loafing.errors import LoafingError, LoafingWarning
 from loafing.io import save_torch
 from loafing.models import StagedModel, create_model, get_spec
+from loafing.options import option_specs
 from loafing.schema import FOREIGN_METHOD
 
 FORMAT = "loafing-checkpoint"
 FORMAT_VERSION = 1
+OWN_KEYS = ("model", "optimizer", "scheduler", "epoch", "config", "normalization")  # every own checkpoint's
+RESUME_KEYS = ("rng", "log_rows", "kl_rows")  # what a training run's checkpoints add, for --resume
 
 
 @dataclass
@@ -46,34 +53,107 @@ def save_checkpoint(path: str | Path, model: StagedModel, optimizer: torch.optim
     save_torch(state, path)
 
 
-def read_checkpoint(path: str | Path, unsafe_load: bool = False) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU with `weights_only=True` (tensors and plain types only, so nothing in
-    the file can run code), with one-line errors for missing, unreadable or unsafe files.
+def _check_file(path: Path) -> None:
+    """A one-line error unless `path` is a regular file (not missing, a folder, a FIFO or a device)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise LoafingError(f"checkpoint {str(path)!r} is a link to {os.readlink(path)!r}, which does not exist") \
+                from None
+        raise LoafingError(f"checkpoint {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise LoafingError(f"checkpoint {str(path)!r} cannot be read: {err.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise LoafingError(f"checkpoint {str(path)!r} is a folder, not a checkpoint file")
+    if not stat.S_ISREG(mode):
+        raise LoafingError(f"checkpoint {str(path)!r} is not a regular file (a FIFO, device or socket), not a "
+                           "checkpoint file")
 
-    `unsafe_load` unpickles anything, for a file the user trusts that holds other Python objects.
+
+def _torch_load(path: Path, weights_only: bool) -> Any:
+    with warnings.catch_warnings():  # torch warns about old pickle protocols it reads fine
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def read_checkpoint(path: str | Path, unsafe_load: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU with `weights_only=True` (tensors and plain types only, so nothing in
+    the file can run code), with one-line errors for missing, unreadable, unsafe or (in the toolkit's own format)
+    incomplete files; `resume` also requires what resuming a run reads.
+
+    `unsafe_load` unpickles anything, for a file the user trusts that holds other Python objects (and says so).
     """
     path = Path(path)
-    if path.is_dir():
-        raise LoafingError(f"checkpoint {str(path)!r} is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise LoafingError(f"checkpoint {str(path)!r} does not exist")
+    _check_file(path)
     try:
-        with warnings.catch_warnings():  # torch warns about old pickle protocols it reads fine
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=not unsafe_load)
+        obj = _torch_load(path, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found is None:  # not an object the safe unpickler refused, but bytes that are no pickle at all
             raise LoafingError(f"checkpoint {str(path)!r} is unreadable: {type(err).__name__}") from None
-        what = f" ({found.group(1)})"
-        raise LoafingError(
-            f"checkpoint {str(path)!r} holds Python objects{what} that only full unpickling can rebuild, which can "
-            "run code; nothing in it was run. Pass --unsafe-load only if you trust the file") from None
+        if not unsafe_load:
+            raise LoafingError(
+                f"checkpoint {str(path)!r} holds Python objects ({found.group(1)}) that only full unpickling can "
+                "rebuild, which can run code; nothing in it was run. Pass --unsafe-load only if you trust the file") \
+                from None
+        warnings.warn(LoafingWarning(f"--unsafe-load: {str(path)!r} holds Python objects ({found.group(1)}) and is "
+                                     "unpickled in full, so any code in it runs"), stacklevel=2)
+        obj = None
     except Exception as err:  # torch raises many types for corrupt files
         raise LoafingError(f"checkpoint {str(path)!r} is unreadable: {type(err).__name__}") from None
+    if obj is None:
+        try:
+            obj = _torch_load(path, weights_only=False)
+        except Exception as err:
+            raise LoafingError(f"checkpoint {str(path)!r} is unreadable: {type(err).__name__}") from None
     if not isinstance(obj, dict):
         raise LoafingError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict of weights")
+    if obj.get("format") == FORMAT:
+        check_own_checkpoint(obj, path, resume)
     return obj
+
+
+def _bad(path: str | Path, problem: str) -> LoafingError:
+    return LoafingError(f"checkpoint {str(path)!r} is damaged or not loafing's: {problem}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_own_checkpoint(obj: dict[str, Any], path: str | Path, resume: bool = False) -> None:
+    """Raise a one-line LoafingError naming the file and the problem unless `obj` holds all a checkpoint of the
+    toolkit's own format holds, each of the right kind (`resume`: also what resuming its run reads)."""
+    if obj.get("version") != FORMAT_VERSION:
+        raise _bad(path, f"format version {obj.get('version')!r}; this loafing reads version {FORMAT_VERSION}")
+    missing = [key for key in OWN_KEYS + (RESUME_KEYS if resume else ()) if key not in obj]
+    if missing:
+        raise _bad(path, f"it has no {', '.join(repr(k) for k in missing)}")
+    if not isinstance(obj["model"], dict) or not all(isinstance(v, torch.Tensor) for v in obj["model"].values()):
+        raise _bad(path, "its 'model' is not a dict of tensors")
+    for key, kind in (("optimizer", dict), ("scheduler", dict), ("config", dict), ("normalization", dict),
+                      *((("rng", dict), ("log_rows", list), ("kl_rows", list)) if resume else ())):
+        if not isinstance(obj[key], kind):
+            raise _bad(path, f"its {key!r} is a {type(obj[key]).__name__}, not a {kind.__name__}")
+    if not isinstance(obj["epoch"], int) or isinstance(obj["epoch"], bool) or obj["epoch"] < 0:
+        raise _bad(path, f"its epoch is {obj['epoch']!r}, not a count of epochs")
+    config, ranges = obj["config"], {spec.name: spec.range for spec in option_specs(TrainConfig)}
+    if not isinstance(config.get("model"), str):
+        raise _bad(path, f"its config names no model (model is {config.get('model')!r})")
+    classes = config.get("num_classes")
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise _bad(path, f"its config says {classes!r} classes, not a positive number")
+    for key in ("width_mult", "image_size"):
+        value = config.get(key)
+        if value is not None and not (_finite(value) and (ranges.get(key) is None or ranges[key].contains(value))):
+            raise _bad(path, f"its config's {key} is {value!r}, not {ranges.get(key) or 'a finite number'}")
+    for key in ("mean", "std"):
+        values = obj["normalization"].get(key)
+        if (not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_finite(v) for v in values)
+                or (key == "std" and min(values) <= 0)):
+            raise _bad(path, f"its normalization {key} is {values!r}, not 3 finite numbers"
+                       + (" above 0" if key == "std" else ""))
 
 
 def _strip_prefix(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:

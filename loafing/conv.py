@@ -40,10 +40,36 @@ class CroppedConv2d(nn.Conv2d):
         return y[..., :out_h, :out_w]
 
 
+def _eligible(m: nn.Module) -> bool:
+    """A plain nn.Conv2d (a subclass may compute differently) with zero padding, no dilation and a kernel over 1x1."""
+    return (type(m) is nn.Conv2d and m.padding_mode == "zeros" and m.dilation == (1, 1)
+            and not isinstance(m.padding, str) and max(m.kernel_size) > 1)
+
+
+def _cropped(conv: nn.Conv2d) -> CroppedConv2d:
+    """A CroppedConv2d holding `conv`'s own parameters (the same tensors, so the same state-dict entries)."""
+    new = CroppedConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                        conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+    new.weight, new.bias = conv.weight, conv.bias
+    return new.train(conv.training)
+
+
 def crop_conv_kernels(module: nn.Module) -> nn.Module:
-    """Make every eligible Conv2d of `module` a CroppedConv2d in place (same parameters, same state dict)."""
-    for m in module.modules():
-        if (type(m) is nn.Conv2d and m.padding_mode == "zeros" and m.dilation == (1, 1)
-                and not isinstance(m.padding, str) and max(m.kernel_size) > 1):
-            m.__class__ = CroppedConv2d
-    return module
+    """Replace every eligible Conv2d in `module` by a CroppedConv2d with the same parameters (same state dict).
+
+    Like `torch.nn.SyncBatchNorm.convert_sync_batchnorm`, the result is returned: `module` itself when it is
+    not a convolution (its children are replaced), a new module when it is one. A convolution registered in
+    several places stays one module.
+    """
+    done: dict[nn.Module, nn.Module] = {}
+
+    def replace(m: nn.Module) -> nn.Module:
+        if m not in done:
+            done[m] = _cropped(m) if _eligible(m) else m
+            for name, child in list(m._modules.items()):  # named_children() would list a shared module once
+                new = replace(child) if child is not None else None
+                if new is not child:
+                    setattr(m, name, new)
+        return done[m]
+
+    return replace(module)

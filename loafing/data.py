@@ -8,6 +8,8 @@ processes.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from loafing.errors import LoafingError
+from loafing.image_files import IMAGE_EXTENSIONS, class_files, decode_image, usual_shape
 from loafing.recipes import RECIPES, Transform
 
 DIGITS_SPLIT_SEED = 0
@@ -45,7 +48,10 @@ class DataSplits:
 
 
 class ImageSource:
-    """uint8 CHW images with integer labels: given as one tensor, or files decoded when first needed."""
+    """uint8 CHW images with integer labels: given as one tensor, or files decoded when first needed.
+
+    Small files of the folder's usual size are kept in one uint8 tensor; a file of another size is kept apart
+    (`strays`) at its own size, so that the recipe frames it alone, as it frames every image it is given."""
 
     def __init__(self, labels: Sequence[int], images: torch.Tensor | None = None,
                  files: Sequence[str] | None = None) -> None:
@@ -53,9 +59,9 @@ class ImageSource:
         self.files = list(files) if files is not None else None
         self.memory = images
         self.decoded = torch.ones(len(self.labels), dtype=torch.bool) if images is not None else None
+        self.strays: dict[int, torch.Tensor] = {}
         if self.files is not None:
-            first = decode_image(self.files[0])
-            self.shape = tuple(first.shape)
+            self.shape = usual_shape(self.files)
             if max(self.shape[1:]) <= SMALL_IMAGE_SIDE:  # small: one uint8 tensor, filled as images are used
                 self.memory = torch.empty((len(self.files), *self.shape), dtype=torch.uint8)
                 self.decoded = torch.zeros(len(self.files), dtype=torch.bool)
@@ -67,13 +73,16 @@ class ImageSource:
         """Image `index` as uint8 CHW."""
         if self.memory is None:
             return decode_image(self.files[index])
+        if index in self.strays:
+            return self.strays[index]
         if not self.decoded[index]:
             image = decode_image(self.files[index])
-            if tuple(image.shape) != self.shape:  # a stray size in a folder of small images: brought to theirs
-                image = F.interpolate(image[None].float(), size=self.shape[1:], mode="bilinear",
-                                      antialias=True).round().clamp(0, 255).to(torch.uint8)[0]
-            self.memory[index] = image
+            if tuple(image.shape) != self.shape:
+                self.strays[index] = image
+            else:
+                self.memory[index] = image
             self.decoded[index] = True
+            return image
         return self.memory[index]
 
 
@@ -88,20 +97,6 @@ class Images(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.source.image(index)), self.source.labels[index]
-
-
-def decode_image(path: str) -> torch.Tensor:
-    """An image file as a uint8 RGB CHW tensor; a file that is not an image is a one-line error naming it."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LoafingError(f"cannot decode image {path!r}: {reason}") from None
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 def load_digits_splits(data_dir: str | None = None, download: bool = False, recipe: str = "cifar",
@@ -153,15 +148,40 @@ def _load_cifar(name: str, data_dir: str | None, download: bool, recipe: str,
 
     root = Path(data_dir) if (download and data_dir) else _require_dir(data_dir, name)
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]  # a failed download removes them
+    before = set(root.iterdir()) if root.is_dir() else set()
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
-    except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
-        raise LoafingError(f"{name} not found in {str(root)!r} ({err}); pass --download to fetch it") from None
+    except BaseException as err:
+        if download:
+            _remove_new(root, before, created)
+        if isinstance(err, OSError):  # urllib's URLError among them
+            reason = getattr(err, "reason", None) or err.strerror or type(err).__name__
+            raise LoafingError(f"cannot download {name} from {cls.url}: {reason}; check the network, or put "
+                               f"{cls.filename} in {str(root)!r} yourself") from None
+        if isinstance(err, RuntimeError):  # torchvision's "Dataset not found or corrupted"
+            raise LoafingError(f"{name} not found in {str(root)!r} ({err}); pass --download to fetch it") from None
+        raise
 
     def source(split) -> ImageSource:
         return ImageSource(split.targets, images=torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous())
     return _splits(name, source(train), source(test), len(train.classes), recipe, image_size, CIFAR_MEAN, CIFAR_STD)
+
+
+def _remove_new(root: Path, before: set[Path], created: list[Path]) -> None:
+    """Remove what a failed download left: the entries of `root` not in `before`, then the emptied folders it
+    created."""
+    import shutil
+
+    for entry in set(root.iterdir()) - before if root.is_dir() else ():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for folder in created:  # deepest first
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def load_cifar10_splits(data_dir: str | None = None, download: bool = False, recipe: str = "cifar",
@@ -178,16 +198,18 @@ def load_cifar100_splits(data_dir: str | None = None, download: bool = False, re
 
 def folder_source(folder: Path, classes: list[str] | None = None) -> tuple[ImageSource, list[str]]:
     """The images of `folder/<class>/*` and the sorted class names; one-line errors for empty folders."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    try:
-        found, class_to_index = find_classes(str(folder))
-        if classes is not None and found != classes:
-            raise LoafingError(f"image folder {str(folder)!r} has other classes than the training folder")
-        samples = make_dataset(str(folder), class_to_index, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as err:
-        raise LoafingError(f"image folder {str(folder)!r}: {str(err).splitlines()[0]}") from None
-    return ImageSource([label for _, label in samples], files=[path for path, _ in samples]), found
+    found = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    if not found:
+        raise LoafingError(f"image folder {str(folder)!r}: Couldn't find any class folder in it")
+    if classes is not None and found != classes:
+        raise LoafingError(f"image folder {str(folder)!r} has other classes than the training folder")
+    per_class = [class_files(folder / name) for name in found]
+    empty = [name for name, files in zip(found, per_class) if not files]
+    if empty:
+        raise LoafingError(f"image folder {str(folder)!r}: Found no valid file for the classes {', '.join(empty)} "
+                           f"(image files end in {', '.join(IMAGE_EXTENSIONS)})")
+    labels = [label for label, files in enumerate(per_class) for _ in files]
+    return ImageSource(labels, files=[path for files in per_class for path in files]), found
 
 
 def load_imagefolder_splits(data_dir: str | None = None, download: bool = False, recipe: str = "imagenet",

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import pandas as pd
-import torch
 
 from loafing.checkpoint import LoadedModel
 from loafing.data import DataSplits
 from loafing.distributed import World
 from loafing.errors import LoafingError
+from loafing.eval_config import MAX_COMBOS, EvalConfig
 from loafing.measure import measure_plans, trained_plan
 from loafing.plans import Layout, Plan
 
@@ -172,16 +172,14 @@ def destroyed_networks(layout: Layout, mode: str, max_combos: int, seed: int) ->
     return [intact] + networks
 
 
-def destruct(loaded: LoadedModel, data: DataSplits, mode: str, *, max_combos: int, calib_size: int,
-             recalibrate: bool, seed: int, batch_size: int, device: torch.device,
-             progress: bool = True, world: World = World()) -> pd.DataFrame:
+def destruct(loaded: LoadedModel, data: DataSplits, mode: str, evaluation: EvalConfig, *,
+             max_combos: int = MAX_COMBOS, progress: bool = True, world: World = World()) -> pd.DataFrame:
     """Evaluate every destroyed network of `mode`; `drop` = main top-1 - top-1, both from this run (under torchrun,
-    the networks shared out over the processes of `world`)."""
+    the networks shared out over the processes of `world`). The calibration seed also seeds the samples."""
     if trained_plan(loaded) is not None:
         raise LoafingError("destruct needs a run of the whole network, not a sub-network trained alone")
-    networks = destroyed_networks(loaded.model.layout, mode, max_combos, seed)
-    df = measure_plans(loaded, [d.plan for d in networks], data, calib_size=calib_size, recalibrate=recalibrate,
-                       seed=seed, batch_size=batch_size, device=device, progress=progress,
+    networks = destroyed_networks(loaded.model.layout, mode, max_combos, evaluation.calib_seed)
+    df = measure_plans(loaded, [d.plan for d in networks], data, evaluation, progress=progress,
                        world=world).drop(columns="space")
     main_top1 = df.loc[df["is_main"], "top1"].iloc[0]
     at = df.columns.get_loc("plan")

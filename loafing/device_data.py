@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, DistributedSampler, Subset, TensorDataset
 
 from loafing.data import Images
 from loafing.errors import LoafingError
-from loafing.recipes import CIFAR_CROP_PADDING
+from loafing.recipes import CIFAR_CROP_PADDING, RECIPES
 
 
 
@@ -34,7 +34,8 @@ class ResidentSplit:
 
 def resident_split(dataset: Dataset, recipe: str, image_size: int) -> ResidentSplit:
     """The tensors of a training split the device path can hold: digits' float images (no augmentation), or an
-    in-memory uint8 image source in the cifar recipe at its stored size (the images it holds decoded now)."""
+    in-memory uint8 image source in the cifar recipe at its stored size (the images it holds decoded now; one of
+    another size resized and cropped to it by the recipe)."""
     indices = None
     if isinstance(dataset, Subset):
         indices, dataset = torch.as_tensor(dataset.indices), dataset.dataset
@@ -47,6 +48,11 @@ def resident_split(dataset: Dataset, recipe: str, image_size: int) -> ResidentSp
         for i in used[~source.decoded[used]].tolist():  # only the images this split trains on
             source.image(i)
         images, labels = source.memory, torch.tensor(source.labels)
+        if any(i in source.strays for i in used.tolist()):  # framed alone, as the CPU path's first transforms do
+            frame = RECIPES[recipe].frame(image_size)
+            images = images.clone()
+            for i in set(used.tolist()) & set(source.strays):
+                images[i] = frame(source.strays[i])
     else:
         raise LoafingError(f"--data-on-device needs small images used at their stored size in the cifar recipe "
                            f"(digits, cifar10, cifar100, folders of small images); this data set at {image_size} px "

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loafing.config import AT_LEAST_1, SEED, option, option_specs, OptionSpec
+from loafing.errors import LoafingError
+from loafing.options import AT_LEAST_1, SEED, OptionSpec, check_value, option, option_specs
+
+MAX_COMBOS = 200  # destruct: per number of deleted layers / swaps, the networks evaluated (a seeded sample where more)
+
+
+def _spaces() -> list[str]:
+    from loafing.plans import SPACES
+    return list(SPACES)
 
 
 @dataclass(frozen=True)
@@ -17,7 +25,14 @@ class EvalConfig:
                                "(--no-recalibrate: the stored statistics).")
     batch_size: int = option(256, "Batch size of the evaluation.", range=AT_LEAST_1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N.")
-    space: str = option("ordered", "Plans to evaluate (see `loafing measure --help`).")
+    space: str = option("ordered", "Plans to evaluate.", choices=_spaces, what="space")
+
+    def __post_init__(self) -> None:
+        for spec in eval_option_specs():
+            value = getattr(self, spec.name)
+            if type(value) is not spec.kind and not (spec.kind is float and type(value) is int):
+                raise LoafingError(f"evaluation setting {spec.name} must be {spec.kind.__name__}, got {value!r}")
+            check_value(spec.flag, value, spec.range, spec.choices, spec.what)
 
 
 def eval_option_specs() -> list[OptionSpec]:

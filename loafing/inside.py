@@ -4,15 +4,17 @@ network on its own ("trained alone"), as one tidy measure table.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
-import torch
 
-from loafing.checkpoint import LoadedModel
+from loafing.checkpoint import LoadedModel, load_model
 from loafing.data import DataSplits
 from loafing.errors import LoafingError
-from loafing.measure import measure_plans, trained_plan
+from loafing.eval_config import EvalConfig
+from loafing.io import check_output_folder
+from loafing.measure import check_classes, evaluation_data, measure_plans, trained_plan
 from loafing.plans import Plan, ordered_plan
 
 
@@ -34,13 +36,32 @@ def inside_plans(host: LoadedModel, networks: Sequence[LoadedModel]) -> list[Pla
     return list(dict.fromkeys(plans))
 
 
-def inside_vs_alone(networks: Sequence[LoadedModel], data: DataSplits, *, calib_size: int, seed: int,
-                    batch_size: int, device: torch.device, progress: bool = True) -> pd.DataFrame:
+def load_family(checkpoints: Sequence[str], dataset: str | None = None, data_dir: str | None = None,
+                image_size: int | None = None, unsafe_load: bool = False, *,
+                out_folder: str | Path | None = None) -> tuple[list[LoadedModel], DataSplits]:
+    """The checkpoints of one family (each `PATH`, loafing's own, or `MODEL=PATH`, foreign) and the data set they
+    are evaluated on: the given one, else the first checkpoint's (else digits); every checkpoint must fit it.
+    `out_folder`, where the results go, is refused inside the data folder the first checkpoint names."""
+    networks = []
+    for text in checkpoints:
+        model, _, path = text.rpartition("=")
+        networks.append(load_model(path, model or None, unsafe_load=unsafe_load))
+    if not networks:
+        raise LoafingError("give at least two checkpoints: a smaller network and one it fits inside")
+    if out_folder is not None and data_dir is None:
+        check_output_folder(out_folder, folders=[networks[0].config.get("data_dir")])
+    data = evaluation_data(networks[0], dataset, data_dir, False, image_size)
+    for loaded in networks[1:]:
+        check_classes(loaded, data)
+    return networks, data
+
+
+def inside_vs_alone(networks: Sequence[LoadedModel], data: DataSplits, evaluation: EvalConfig, *,
+                    progress: bool = True) -> pd.DataFrame:
     """The measure table of every network on its own and of every smaller one inside it (`space` "inside")."""
     if len(networks) < 2:
         raise LoafingError("give at least two checkpoints: a smaller network and one it fits inside")
-    tables = [measure_plans(host, inside_plans(host, networks), data, calib_size=calib_size, recalibrate=True,
-                            seed=seed, batch_size=batch_size, device=device, progress=progress, space="inside")
+    tables = [measure_plans(host, inside_plans(host, networks), data, evaluation, progress=progress, space="inside")
               for host in networks]
     table = pd.concat(tables, ignore_index=True)
     if not (~table["is_main"]).any():

@@ -2,12 +2,14 @@
 owned by one process at a time.
 
 A temp file is named `.<target>.<pid>.<random>.tmp` beside its target, so one left behind by a process that
-was killed is recognized (its process is gone) and removed by the next write of that target. Files get
-the permissions the user's umask gives, as any file opened for writing would.
+was killed is recognized (its process is gone) and removed by the next write of that target; a target whose
+name leaves no room for that within the file system's 255 bytes lends it a cut of its name and a hash of the
+whole. Files get the permissions the user's umask gives, as any file opened for writing would.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -15,12 +17,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
-import torch
 
 from loafing.errors import LoafingError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+NAME_MAX = 255  # bytes in one file name, on every file system we write to
+TEMP_EXTRA = 32  # bytes a temp name adds to its target's: dots, the pid, mkstemp's random part, ".tmp"
 
 
 def _process_alive(pid: int) -> bool:
@@ -33,13 +36,24 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _temp_stem(name: str) -> str:
+    """What stands for a target in its temp files' names: the name, or a cut of it and a hash of the whole."""
+    encoded = os.fsencode(name)
+    if len(encoded) <= NAME_MAX - TEMP_EXTRA:
+        return name
+    return f"{os.fsdecode(encoded[:NAME_MAX - TEMP_EXTRA - 13])}~{hashlib.sha1(encoded).hexdigest()[:12]}"
+
+
 def remove_stale_temporaries(path: Path) -> None:
     """Delete the temp files of `path` whose writing process no longer exists (killed mid-write)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+    prefix = f".{_temp_stem(path.name)}."
+    for entry in os.scandir(path.parent):
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+            continue
+        pid = entry.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and not _process_alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(entry.path)
 
 
 @contextlib.contextmanager
@@ -48,7 +62,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(path.name)}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -74,9 +88,19 @@ def write_json(obj: Any, path: str | Path) -> None:
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
-    """torch.save atomically."""
+    """torch.save atomically; a failed write (a full disk) is an OSError naming the file, as for any other file."""
+    import torch  # here, not at the top: the figures write files through this module and need no torch
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as handle:  # torch's own writer hides a failed write's errno in a RuntimeError
+                torch.save(obj, handle)
+        except (OSError, RuntimeError) as err:
+            cause = err
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -84,6 +108,31 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
     except OSError:
         return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` (links followed) is `folder` or lies somewhere under it."""
+    real, root = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return real == root or root in real.parents
+
+
+def _check_inputs(path: Path, inputs: Sequence[str | Path], folders: Sequence[str | Path | None], flag: str) -> None:
+    """`path` must be none of the input files and lie in none of the input folders (a data set's; None: none)."""
+    for source in inputs:
+        if _same(path, Path(source)):
+            raise LoafingError(f"{flag} {str(path)!r} is one of the inputs; it would be overwritten")
+    for folder in folders:
+        if folder and Path(folder).is_dir() and _inside(path, Path(folder)):
+            raise LoafingError(f"{flag} {str(path)!r} is inside the input folder {str(folder)!r}; writing there "
+                               "would change the inputs")
+
+
+def _check_names(path: Path, flag: str) -> None:
+    """Every name in `path` must fit the file system's 255 bytes."""
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise LoafingError(f"{flag} '{str(path)[:60]}...': a name in it is {len(os.fsencode(part))} bytes long; "
+                               f"a file name has at most {NAME_MAX}")
 
 
 def _check_writable(path: Path, flag: str) -> None:
@@ -97,27 +146,31 @@ def _check_writable(path: Path, flag: str) -> None:
         raise LoafingError(f"{flag} {str(path)!r}: the folder {str(ancestor)!r} is not writable")
 
 
-def check_output_file(path: str | Path, inputs: Sequence[str | Path] = (), flag: str = "--out") -> Path:
-    """Reject, before any work, an output file that is empty, a folder, one of the inputs, or not writable."""
+def check_output_file(path: str | Path, inputs: Sequence[str | Path] = (), flag: str = "--out",
+                      folders: Sequence[str | Path | None] = ()) -> Path:
+    """Reject, before any work, an output file that is empty, a folder, one of the input files, inside one of the
+    input `folders` (a data set's; None: no such folder), or not writable."""
     if not str(path).strip():
         raise LoafingError(f"{flag} must name a file, got an empty path")
     path = Path(path)
+    _check_names(path, flag)
     if path.is_dir():
         raise LoafingError(f"{flag} {str(path)!r} is a folder; name a file to write")
-    for source in inputs:
-        if _same(path, Path(source)):
-            raise LoafingError(f"{flag} {str(path)!r} is one of the inputs; it would be overwritten")
+    _check_inputs(path, inputs, folders, flag)
     _check_writable(path, flag)
     return path
 
 
-def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
-    """Reject, before any work, an output folder that is empty, a file, or not writable."""
+def check_output_folder(path: str | Path, flag: str = "--out", folders: Sequence[str | Path | None] = ()) -> Path:
+    """Reject, before any work, an output folder that is empty, a file, inside one of the input `folders` (a data
+    set's; None: no such folder), or not writable."""
     if not str(path).strip():
         raise LoafingError(f"{flag} must name a folder, got an empty path")
     path = Path(path)
+    _check_names(path, flag)
     if path.exists() and not path.is_dir():
         raise LoafingError(f"{flag} {str(path)!r} is a file; name a folder to write into")
+    _check_inputs(path, (), folders, flag)
     _check_writable(path / "file", flag)
     return path
 

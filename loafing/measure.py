@@ -1,16 +1,20 @@
 """`measure`: every plan of a space, BN-recalibrated, as a tidy table carrying the run's identifiers."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import torch
 
-from loafing.checkpoint import LoadedModel
+import loafing.methods  # noqa: F401  (rows carry the registered methods' styles and run columns)
+from loafing.checkpoint import LoadedModel, load_model
 from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
-from loafing.distributed import World
+from loafing.distributed import World, process_device, shared_error
 from loafing.errors import LoafingError
-from loafing.evaluate import check_plans
+from loafing.eval_config import EvalConfig
+from loafing.evaluate import check_plans, resolve_device
+from loafing.io import check_output_file
 from loafing.models import get_spec
 from loafing.plan_tree import evaluate_plans_across
 from loafing.plans import Plan, get_space, parse_plan
@@ -46,9 +50,28 @@ def plans_to_measure(loaded: LoadedModel, space: str) -> list[Plan]:
     return [alone] if alone else get_space(space, loaded.model.layout)
 
 
-def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, *, calib_size: int,
-                  recalibrate: bool, seed: int, batch_size: int, device: torch.device, progress: bool = True,
-                  space: str = "plans", world: World = World()) -> pd.DataFrame:
+def load_for_evaluation(ckpt: str, *, model: str | None = None, width_mult: float = 1.0, dataset: str | None = None,
+                        data_dir: str | None = None, download: bool = False, image_size: int | None = None,
+                        unsafe_load: bool = False, world: World = World(),
+                        out: str | Path | None = None) -> tuple[LoadedModel, DataSplits]:
+    """A checkpoint (loafing's own, or a foreign one of `model`) and the data set it is evaluated on; `out`, the file
+    the evaluation will write, is refused inside the data folder the checkpoint names (when `data_dir` is not given)."""
+    if download and world.distributed:  # every process would fetch the same files at once
+        raise shared_error(world, "--download under torchrun: fetch the data set once in one process, then run "
+                           "without --download")
+    loaded = load_model(ckpt, model, width_mult, unsafe_load=unsafe_load)
+    if out is not None and data_dir is None:
+        check_output_file(out, folders=[loaded.config.get("data_dir")])
+    return loaded, evaluation_data(loaded, dataset, data_dir, download, image_size)
+
+
+def evaluation_device(evaluation: EvalConfig, world: World = World()) -> torch.device:
+    """The device this process evaluates on: the configured one (under torchrun, the GPU of its local rank)."""
+    return process_device(world, resolve_device(evaluation.device))
+
+
+def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, evaluation: EvalConfig, *,
+                  space: str = "plans", progress: bool = True, world: World = World()) -> pd.DataFrame:
     """The measure table of `plans` on the test split, each BN-recalibrated on a seeded subset of the train split.
 
     `space` names where the plans came from (a space's name, or "plans"). For a sub-network trained
@@ -56,18 +79,27 @@ def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, 
     (torchrun, its process group joined), each evaluates a share of the plans and every one returns the table.
     """
     plans = check_plans(loaded.model, plans)
+    device = evaluation_device(evaluation, world)
     model = loaded.model.to(device)
-    test_loader = make_loader(data.test, batch_size)
+    test_loader = make_loader(data.test, evaluation.batch_size)
     calib_loader = None
-    if recalibrate:
-        calib_loader = make_loader(seeded_subset(data.train_plain, calib_size, seed), batch_size)
+    if evaluation.recalibrate:
+        calib_subset = seeded_subset(data.train_plain, evaluation.calib_size, evaluation.calib_seed)
+        calib_loader = make_loader(calib_subset, evaluation.batch_size)
     df = evaluate_plans_across(world, model, plans, test_loader, calib_loader, device, progress,
                                reference=trained_plan(loaded))
-    df["recalibrated"] = recalibrate
-    df["calib_size"] = min(calib_size, len(data.train_plain)) if recalibrate else 0
-    df["calib_seed"] = seed
+    df["recalibrated"] = evaluation.recalibrate
+    df["calib_size"] = min(evaluation.calib_size, len(data.train_plain)) if evaluation.recalibrate else 0
+    df["calib_seed"] = evaluation.calib_seed
     df["space"] = space
+    df["architecture"] = architecture_names(loaded.config["model"], df["depths"])
     return with_run_identifiers(df, run_identifiers(loaded.config, data.name))
+
+
+def architecture_names(model: str, depths: Sequence[str]) -> list[str]:
+    """What the model's spec calls each network of these per-stage depths ("ResNet20"), or "" (for the figures)."""
+    spec = get_spec(model)
+    return [spec.architecture_name(tuple(int(d) for d in text.split("-"))) or "" for text in depths]
 
 
 def summarize_measure(df: pd.DataFrame) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 After BN recalibration a block's statistics depend only on its prefix, so plans that share a
 prefix share its activations. Phase 1 walks the tree over the calibration batches (train mode,
-cumulative BN averages kept per node); phase 2 streams the evaluation data in chunks and walks the
+whole-set BN statistics kept per node); phase 2 streams the evaluation data in chunks and walks the
 tree depth-first with each node's statistics, so memory holds one root-to-leaf path of activations.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from loafing.bn import batchnorms
+from loafing.bn import batches_of_two_or_more, batchnorms, whole_set_statistics
 from loafing.distributed import World, gather_objects
 from loafing.evaluate import plan_row
 from loafing.models import StagedModel
@@ -101,24 +101,17 @@ class PlanTreeEvaluator:
 
     @torch.no_grad()
     def calibrate(self, batches: Iterator[torch.Tensor], progress: tqdm | None = None) -> None:
-        """Phase 1: per-node BN statistics, cumulative average over the calibration batches."""
+        """Phase 1: per-node BN statistics of the whole calibration set (`whole_set_statistics`)."""
         for node in iter_nodes(self.root):
             node.bn_state = _fresh_state(self._bns(node))
             if node.plans:
                 node.head_state = _fresh_state(self.head_bns)
-        bns = batchnorms(self.model)
-        momenta = [bn.momentum for bn in bns]
-        for bn in bns:
-            bn.momentum = None  # cumulative average, as in recalibrate_bn
         self.model.train()
-        try:
-            for x in batches:
+        with whole_set_statistics(self.model):
+            for x in batches_of_two_or_more(batches):
                 self._walk(self.root, x.to(self.device, non_blocking=True), use_state=True, on_logits=None)
                 if progress is not None:
                     progress.update(1)
-        finally:
-            for bn, momentum in zip(bns, momenta):
-                bn.momentum = momentum
         self.recalibrated = True
 
     @torch.no_grad()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torchvision.transforms import v2
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 CIFAR_CROP_PADDING = 4  # the cifar recipe's random crop: zero padding on each side before cropping back
@@ -28,25 +27,42 @@ class Recipe:
 
     def transforms(self, image_size: int | None = None) -> tuple[Transform, Transform]:
         """(training, evaluation) transforms to float [0, 1] at `image_size` (default: the recipe's)."""
+        from torchvision.transforms import v2  # here: reading a recipe's image size needs no torchvision
+
         size = image_size or self.image_size
         to_float = v2.ToDtype(torch.float32, scale=True)
         return v2.Compose([*self.train(size), to_float]), v2.Compose([*self.evaluate(size), to_float])
 
+    def frame(self, image_size: int | None = None) -> Transform:
+        """The evaluation framing at `image_size` on a uint8 image, kept uint8 (for the cifar recipe also the
+        deterministic start of its training transforms)."""
+        from torchvision.transforms import v2
+
+        return v2.Compose(self.evaluate(image_size or self.image_size))
+
 
 def _cifar_train(size: int) -> list:
+    from torchvision.transforms import v2
+
     return [v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.RandomCrop(size, padding=CIFAR_CROP_PADDING),
             v2.RandomHorizontalFlip()]
 
 
 def _cifar_evaluate(size: int) -> list:
+    from torchvision.transforms import v2
+
     return [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
 
 
 def _imagenet_train(size: int) -> list:
+    from torchvision.transforms import v2
+
     return [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
 
 
 def _imagenet_evaluate(size: int) -> list:
+    from torchvision.transforms import v2
+
     return [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
 
 

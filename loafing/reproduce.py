@@ -8,52 +8,29 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from loafing.checkpoint import load_model, read_checkpoint
-from loafing.config import TrainConfig
-from loafing.destruct import MODES, destruct
+from loafing.checkpoint import read_checkpoint
+from loafing.config import TrainConfig, flat_settings, with_method_defaults
 from loafing.errors import LoafingError
 from loafing.evaluate import resolve_device
 from loafing.io import write_json
-from loafing.methods import get_method
-from loafing.measure import evaluation_data, measure_plans, plans_to_measure, summarize_measure
-from loafing.schema import TABLES, read_table, write_table
-from loafing.train import CHECKPOINT_NAME, KL_NAME, LOG_NAME, check_config, load_config, train, training_data
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One training run of a study, and which evaluations follow it."""
-
-    name: str
-    config: TrainConfig  # `out` and `run` are set by the preset's output folder and `name`
-    destruct: bool = False
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A study definition: the runs, how they are evaluated, and what they roughly cost."""
-
-    name: str
-    description: str
-    runs: tuple[RunSpec, ...]
-    calib_size: int = 2000
-    max_combos: int = 200
-    destruct_modes: tuple[str, ...] = MODES
-    train_images: int = 0  # size of the training split, for the rough cost of --dry-run
-    ct_hours: float | None = None  # the paper's hours for one CT run of this setting (Table r4), if reported
+from loafing.methods import METHODS, get_method
+from loafing.measure import summarize_measure
+from loafing.schema import read_table
+from loafing.studies import InsideSpec, Preset, RunSpec  # noqa: F401  (a study's definition, re-exported)
+from loafing.study_results import (collect_results, evaluate_run, evaluation_settings, inside_grid, result_file,
+                                   results_are_fresh)
+from loafing.train import CHECKPOINT_NAME, check_config, load_config, train, training_data
 
 
 # Where a run executes and where its data lives do not change what it is.
@@ -61,10 +38,12 @@ NOT_IDENTIFYING = ("run", "num_classes", "device", "workers", "data_dir", "downl
 
 
 def has_config(run_dir: str | Path, config: TrainConfig) -> bool:
-    """Whether `run_dir` holds a run (finished or not) of this configuration."""
+    """Whether `run_dir` holds a run (finished or not) of this configuration (its method's options included, the
+    ones left at their defaults as the defaults)."""
     if not (Path(run_dir) / CHECKPOINT_NAME).exists():
         return False
-    saved, wanted = dataclasses.asdict(load_config(run_dir)), dataclasses.asdict(config)
+    saved = dataclasses.asdict(with_method_defaults(load_config(run_dir)))
+    wanted = dataclasses.asdict(with_method_defaults(config))
     return all(saved[k] == wanted[k] for k in wanted if k not in NOT_IDENTIFYING)
 
 
@@ -99,40 +78,14 @@ def run_config(spec: RunSpec, runs_dir: Path, device: str) -> TrainConfig:
     return dataclasses.replace(spec.config, out=str(runs_dir / spec.name), run=spec.name, device=device)
 
 
-def evaluation_settings(preset: Preset) -> dict[str, Any]:
-    """What a run's result CSVs depend on besides its checkpoint."""
-    return {"calib_size": preset.calib_size, "max_combos": preset.max_combos, "calib_seed": 0}
-
-
-def result_file(job: str) -> str:
-    """Where a run folder keeps the CSV of one evaluation job ("measure" or a destruct mode)."""
-    return "measure.csv" if job == "measure" else f"destruct-{job}.csv"
-
-
-def evaluation_jobs(spec: RunSpec, preset: Preset) -> list[str]:
-    """The evaluations a run gets: measure, and the destruct modes if the spec asks for them."""
-    return ["measure", *(preset.destruct_modes if spec.destruct else ())]
-
-
-def is_fresh(csv: Path, checkpoint: Path) -> bool:
-    """Whether a result CSV exists and was made from the current checkpoint (not an earlier training)."""
-    return csv.exists() and csv.stat().st_mtime >= checkpoint.stat().st_mtime
-
-
 def is_finished(spec: RunSpec, runs_dir: Path, preset: Preset, device: str) -> bool:
     """Whether a run is trained and every evaluation of it is fresh, with the preset's evaluation settings."""
     config = run_config(spec, runs_dir, device)
-    out = Path(config.out)
-    settings = out / "evaluation.json"
-    if not is_complete(config) or not settings.exists():
-        return False
-    if json.loads(settings.read_text()) != evaluation_settings(preset):
-        return False
-    return all(is_fresh(out / result_file(job), out / CHECKPOINT_NAME) for job in evaluation_jobs(spec, preset))
+    return is_complete(config) and results_are_fresh(spec, Path(config.out), preset)
 
 
 def complete_run(spec: RunSpec, runs_dir: Path, preset: Preset, device: str, threads: int = 0) -> RunReport:
-    """Train (or reuse) one run, then measure its plans and, if asked, destruct it; results stay in its folder."""
+    """Train (or reuse) one run, then measure and destruct it as the spec asks; results stay in its folder."""
     if threads:
         torch.set_num_threads(threads)
     config = run_config(spec, runs_dir, device)
@@ -141,46 +94,10 @@ def complete_run(spec: RunSpec, runs_dir: Path, preset: Preset, device: str, thr
     start = time.perf_counter()
     train_once(config, progress=False)
     report.seconds["train"] = time.perf_counter() - start
-
-    checkpoint, settings = out / CHECKPOINT_NAME, out / "evaluation.json"
-    wanted = evaluation_settings(preset)
-    if not settings.exists() or json.loads(settings.read_text()) != wanted:
-        for name in ["measure", *MODES]:  # results of other evaluation settings are stale
-            (out / result_file(name)).unlink(missing_ok=True)
-        write_json(wanted, settings)
-    loaded = None
-    for job in evaluation_jobs(spec, preset):
-        csv = out / result_file(job)
-        start = time.perf_counter()
-        if not is_fresh(csv, checkpoint):
-            if loaded is None:
-                loaded = load_model(checkpoint)
-                data = evaluation_data(loaded)
-            options = dict(calib_size=preset.calib_size, recalibrate=True, seed=wanted["calib_seed"], batch_size=256,
-                           device=resolve_device(device), progress=False)
-            if job == "measure":
-                plans = plans_to_measure(loaded, "ordered")
-                space = "ordered" if len(plans) > 1 else "plans"
-                write_table(measure_plans(loaded, plans, data, space=space, **options), csv, "measure")
-            else:
-                write_table(destruct(loaded, data, job, max_combos=preset.max_combos, **options), csv, "destruct")
-        report.seconds[job] = time.perf_counter() - start
-    report.summary = summarize_measure(read_table(out / "measure.csv", "measure"))
+    report.seconds.update(evaluate_run(spec, out, preset, device))
+    if spec.measure:
+        report.summary = summarize_measure(read_table(out / result_file("measure"), "measure"))
     return report
-
-
-def collect_results(runs_dir: Path, names: Sequence[str], results_dir: Path) -> dict[str, Path]:
-    """Concatenate every run's CSVs into one tidy CSV per table in `results_dir`."""
-    sources = {"measure": ["measure.csv"], "destruct": [result_file(m) for m in MODES],
-               "kl_trajectory": [KL_NAME], "train_log": [LOG_NAME]}
-    written = {}
-    for table, files in sources.items():
-        parts = [read_table(runs_dir / name / f, table) for name in names for f in files
-                 if (runs_dir / name / f).exists()]
-        if parts:
-            written[table] = results_dir / TABLES[table].file
-            write_table(pd.concat(parts, ignore_index=True), written[table], table)
-    return written
 
 
 def default_jobs(device: str) -> int:
@@ -200,21 +117,20 @@ def estimated_cost(spec: RunSpec, preset: Preset) -> float:
 
 
 def method_options_text(config: TrainConfig) -> str:
-    """The run's method options set away from their defaults, other than those --dry-run shows as columns."""
-    defaults = TrainConfig()
-    shown = ("lam", "space_size", "plan")
-    return " ".join(f"{o}={getattr(config, o)}" for o in get_method(config.method).options
-                    if o not in shown and getattr(config, o) != getattr(defaults, o))
+    """The run's method options set away from their defaults, as `name=value` (what --dry-run shows of them)."""
+    options = with_method_defaults(config).method_options
+    return " ".join(f"{spec.name}={options[spec.name]}" for spec in get_method(config.method).options
+                    if options[spec.name] != spec.default)
 
 
 def describe_plan(preset: Preset) -> pd.DataFrame:
-    """What `reproduce` would run (for --dry-run): one row per run with its settings and rough cost."""
+    """What `reproduce` would run (for --dry-run): one row per run with its settings, its method's own options
+    (those not at their defaults) and rough cost."""
     rows = []
     for spec in preset.runs:
         c = spec.config
-        row = {"run": spec.name, "model": c.model, "dataset": c.dataset, "method": c.method, "lam": c.lam,
-               "space_size": c.space_size or "", "plan": c.plan or "", "seed": c.seed, "epochs": c.epochs,
-               "kl_every": c.kl_every or "", "options": method_options_text(c),
+        row = {"run": spec.name, "model": c.model, "dataset": c.dataset, "method": c.method, "plan": c.plan or "",
+               "seed": c.seed, "epochs": c.epochs, "kl_every": c.kl_every or "", "options": method_options_text(c),
                "destruct": ",".join(preset.destruct_modes) if spec.destruct else ""}
         if preset.train_images:
             passes = estimated_cost(spec, preset)
@@ -223,6 +139,33 @@ def describe_plan(preset: Preset) -> pd.DataFrame:
                 row["paper_gpu_hours"] = round(preset.ct_hours * passes / (c.epochs * preset.train_images), 1)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def dry_run_text(preset: Preset) -> str:
+    """What `loafing reproduce --dry-run` prints: the study, its runs with their settings and rough cost, what is
+    evaluated and drawn, and the total cost (each method at its training cost relative to CT, from the registry)."""
+    plan = describe_plan(preset)
+    lines = [f"{preset.name}: {preset.description}; {len(plan)} runs"] + [plan.to_string(index=False)] * bool(len(plan))
+    measured = [s.name for s in preset.runs if s.measure]
+    measured_text = "every run" if measured and len(measured) == len(plan) else ", ".join(measured) or "no run"
+    lines.append(f"measured: {measured_text}; "
+                 + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(preset.evaluation).items())
+                 + (f"; destruct: at most {preset.max_combos} networks per n" if any(s.destruct for s in preset.runs)
+                    else ""))
+    if preset.inside is not None:
+        family = ", ".join([*preset.inside.runs, *preset.inside.checkpoints])
+        lines.append(f"inside-vs-alone: {family} (each smaller network inside each bigger one, and each alone)")
+    figures = ", ".join(preset.figures) if preset.figures is not None else "every one the tables allow"
+    lines.append(f"figures: {figures}")
+    if "image_passes" in plan:
+        methods = [m for m in METHODS if m in set(plan["method"])]
+        costs = ", ".join(f"{m} {get_method(m).relative_cost:.2g}x" for m in methods)
+        line = (f"rough cost: {plan['image_passes'].astype(float).sum():.3g} image passes (each method at its "
+                f"training cost relative to CT: {costs})")
+        if "paper_gpu_hours" in plan:
+            line += f", about {plan['paper_gpu_hours'].sum():.0f} GPU-hours at the paper's pace"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int | None = None,
@@ -246,6 +189,9 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
     for settings in {tuple(getattr(s.config, name) for name in data_settings) for s in specs}:
         # Missing or broken data fails here, before hours of training, not after.
         training_data(TrainConfig(**dict(zip(data_settings, settings))))
+    for text in preset.inside.checkpoints if preset.inside else ():
+        if not Path(text.rpartition("=")[2]).is_file():
+            raise LoafingError(f"study {preset.name!r}: checkpoint file {text.rpartition('=')[2]} does not exist")
     jobs = jobs or default_jobs(device)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ordered = sorted(specs, key=lambda s: -estimated_cost(s, preset))  # longest first balances the workers
@@ -256,22 +202,23 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
     def finished(report: RunReport) -> None:
         reports[report.name] = report
         done = "reused" if not report.trained else f"trained {report.seconds['train']:.0f} s"
+        main = f", main {report.summary['main_top1']:.2f}%" if report.summary else ""
         bar.write(f"  {report.name}: {done}, evaluated {sum(report.seconds.values()) - report.seconds['train']:.0f} s"
-                  f", main {report.summary['main_top1']:.2f}%")
+                  + main)
         bar.update()
 
     todo = []
     for spec in ordered:
         if is_finished(spec, runs_dir, preset, device):
-            measured = read_table(runs_dir / spec.name / result_file("measure"), "measure")
-            finished(RunReport(spec.name, trained=False, seconds={"train": 0.0}, summary=summarize_measure(measured)))
+            measured = runs_dir / spec.name / result_file("measure")
+            summary = summarize_measure(read_table(measured, "measure")) if spec.measure else {}
+            finished(RunReport(spec.name, trained=False, seconds={"train": 0.0}, summary=summary))
         else:
             todo.append(spec)
     # Every run in a fresh process with its share of the cores: small models use several cores poorly,
     # and a per-run process makes the CPU peak-memory column of train_log.csv that run's own.
     context = multiprocessing.get_context("spawn")
-    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, **fresh) as pool:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
         futures = [pool.submit(complete_run, spec, runs_dir, preset, device, threads) for spec in todo]
         try:
             for future in concurrent.futures.as_completed(futures):
@@ -283,13 +230,16 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
 
     from loafing.figures import make_figures  # matplotlib and seaborn load only when figures are made
 
-    collect_results(runs_dir, names, results_dir)
-    figures = make_figures(results_dir, out / "figures")
+    if preset.inside is not None:
+        inside_grid(preset, runs_dir, out / "inside", device, data_dir, progress)
+    collect_results([runs_dir / name for name in names] + [out / "inside"] * (preset.inside is not None), results_dir)
+    figures = make_figures(results_dir, out / "figures", preset.figures)
     summary = pd.DataFrame([{"run": n, "trained": reports[n].trained, **reports[n].summary,
                              **{f"{k}_s": v for k, v in reports[n].seconds.items()}} for n in names])
     # Run folders relative to `out`, so the record stays true when the folder is moved or committed.
     write_json({"preset": preset.name, "description": preset.description, "jobs": jobs,
                 "evaluation": evaluation_settings(preset),
-                "runs": [dataclasses.asdict(run_config(s, Path("runs"), device)) for s in specs]},
+                "inside": dataclasses.asdict(preset.inside) if preset.inside else None,
+                "runs": [flat_settings(run_config(s, Path("runs"), device)) for s in specs]},
                results_dir / "preset.json")
     return summary, figures

@@ -12,21 +12,41 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from loafing import legacy
 from loafing.errors import LoafingError
 from loafing.io import write_csv
 
 TEXT, FLOAT, INT, OPTIONAL_INT, BOOL = "str", "float64", "int64", "Int64", "bool"
 
-# The columns that identify a run in every table; a training method may add its own (see run_columns).
+# The columns that identify a run in every table; a training method may add its own (see run_columns). The
+# method_* columns are how figures show the run's method (its label, colour, role and registry position), written
+# into every row so that a reader needs neither the method registry nor torch.
 BASE_RUN_COLUMNS: dict[str, str] = {
-    "run": TEXT, "model": TEXT, "width_mult": FLOAT, "method": TEXT, "lam": FLOAT, "seed": OPTIONAL_INT,
-    "dataset": TEXT, "trained_plan": TEXT, "space_size": OPTIONAL_INT,
+    "run": TEXT, "model": TEXT, "width_mult": FLOAT, "method": TEXT, "method_label": TEXT, "method_colour": TEXT,
+    "method_role": TEXT, "method_order": OPTIONAL_INT, "seed": OPTIONAL_INT, "dataset": TEXT, "trained_plan": TEXT,
 }
+STYLE_COLUMNS = ("method_label", "method_colour", "method_role", "method_order")
 # The `method` of a foreign checkpoint's rows (akamaster, torchvision): trained elsewhere, not by a registered method.
 FOREIGN_METHOD = "external"
-_method_run_columns: dict[str, tuple[str, str]] = {}  # name -> (type, the method that sets it)
+FOREIGN_STYLE = ("foreign checkpoint", "#8c8c8c", "conventional")  # label, colour, role; no registry position
+
+
+@dataclass(frozen=True)
+class MethodColumn:
+    """A run column that training methods add: its type, the methods whose rows fill it, and the value of their rows
+    in a table written before the column existed (the option's default)."""
+
+    kind: str
+    methods: tuple[str, ...]
+    default: Any = None
+
+
+_method_styles: dict[str, tuple[str, str, str]] = {}  # registered method -> (label, colour, role), in registry order
+_method_run_columns: dict[str, MethodColumn] = {}
 
 PLAN_COLUMNS = {"plan": TEXT, "depths": TEXT, "n_blocks": INT, "is_main": BOOL}
+# What the model's spec calls the network a plan runs ("ResNet20"; empty where it has no name), for the figures.
+ARCHITECTURE_COLUMN = {"architecture": TEXT}
 METRIC_COLUMNS = {"top1": FLOAT, "top5": FLOAT, "loss": FLOAT, "n_examples": INT, "kl": FLOAT}
 CALIBRATION_COLUMNS = {"recalibrated": BOOL, "calib_size": INT, "calib_seed": INT}
 
@@ -45,9 +65,10 @@ class Table:
 
 
 TABLES: dict[str, Table] = {t.name: t for t in (
-    Table("measure", "measure.csv", {**PLAN_COLUMNS, **METRIC_COLUMNS, **CALIBRATION_COLUMNS, "space": TEXT}),
+    Table("measure", "measure.csv", {**PLAN_COLUMNS, **ARCHITECTURE_COLUMN, **METRIC_COLUMNS, **CALIBRATION_COLUMNS,
+                                     "space": TEXT}),
     Table("destruct", "destruct.csv", {
-        "mode": TEXT, "n": INT, "layers": TEXT, **PLAN_COLUMNS, "top1": FLOAT, "drop": FLOAT, "top5": FLOAT,
+        "mode": TEXT, "n": INT, "layers": TEXT, **PLAN_COLUMNS, **ARCHITECTURE_COLUMN, "top1": FLOAT, "drop": FLOAT, "top5": FLOAT,
         "loss": FLOAT, "n_examples": INT, "kl": FLOAT, **CALIBRATION_COLUMNS, "sampled": BOOL}),
     Table("kl_trajectory", "kl_trajectory.csv", {"epoch": INT, **PLAN_COLUMNS, "kl": FLOAT, "top1": FLOAT}),
     Table("train_log", "train_log.csv", {
@@ -59,49 +80,65 @@ TABLES: dict[str, Table] = {t.name: t for t in (
 
 
 def run_columns() -> dict[str, str]:
-    """The run-identifying columns and their types: the base ones, then those the training methods add."""
-    import loafing.methods  # noqa: F401  (the methods declare their columns when registered)
-
-    return {**BASE_RUN_COLUMNS, **{name: kind for name, (kind, _) in _method_run_columns.items()}}
+    """The run-identifying columns and their types: the base ones, then those the registered training methods add."""
+    return {**BASE_RUN_COLUMNS, **{name: column.kind for name, column in _method_run_columns.items()}}
 
 
-def add_run_column(name: str, kind: str, method: str) -> None:
-    """Declare a run column that a training method adds; runs of other methods leave it empty, so its type
-    must allow missing values (str, float64 or Int64)."""
-    if name in BASE_RUN_COLUMNS or name in _method_run_columns:
+def add_method_style(method: str, label: str, colour: str, role: str) -> None:
+    """Declare how a registered training method is shown (its rows' method_* columns); the method registry calls
+    this, so that this module never imports it."""
+    _method_styles[method] = (label, colour, role)
+
+
+def remove_method_style(method: str) -> None:
+    """Forget a method's style (for methods registered only for a while, e.g. in tests)."""
+    _method_styles.pop(method, None)
+
+
+def add_run_column(name: str, kind: str, method: str, default: Any = None) -> None:
+    """Declare a run column that a training method adds (several methods may share one of the same type); runs of
+    other methods leave it empty, so its type must allow missing values (str, float64 or Int64)."""
+    if name in BASE_RUN_COLUMNS:
         raise ValueError(f"{name!r} is already a run column")
     if kind not in (TEXT, FLOAT, OPTIONAL_INT):
         raise ValueError(f"run column {name!r}: type {kind!r} cannot be empty; use {TEXT}, {FLOAT} or {OPTIONAL_INT}")
-    _method_run_columns[name] = (kind, method)
+    known = _method_run_columns.get(name)
+    if known is not None and (known.kind, known.default) != (kind, default):
+        raise ValueError(f"run column {name!r} is already declared as {known.kind} (default {known.default!r}) by "
+                         f"{', '.join(known.methods)}")
+    owners = (*known.methods, method) if known is not None else (method,)
+    _method_run_columns[name] = MethodColumn(kind, owners, default)
 
 
-def remove_run_column(name: str) -> None:
-    """Forget a method's run column (for methods registered only for a while, e.g. in tests)."""
-    _method_run_columns.pop(name, None)
+def remove_run_column(name: str, method: str | None = None) -> None:
+    """Forget a method's run column (all of it, or only `method`'s share of it)."""
+    known = _method_run_columns.pop(name, None)
+    owners = tuple(m for m in known.methods if m != method) if known is not None and method is not None else ()
+    if owners:
+        _method_run_columns[name] = MethodColumn(known.kind, owners, known.default)
+
+
+def method_style(method: str) -> dict[str, Any]:
+    """The method_* columns' values for rows of `method`: its registered style and position, the foreign style,
+    or empty for a method that is not registered here."""
+    if method == FOREIGN_METHOD:
+        return dict(zip(STYLE_COLUMNS, (*FOREIGN_STYLE, None)))
+    if method in _method_styles:
+        return dict(zip(STYLE_COLUMNS, (*_method_styles[method], list(_method_styles).index(method))))
+    return dict(zip(STYLE_COLUMNS, ("", "", "", None)))
 
 
 def run_identifiers(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """The run columns' values for a run configuration (a TrainConfig as a dict, or a foreign checkpoint's)."""
-    ids = {name: config.get(name) for name in BASE_RUN_COLUMNS}
-    ids["dataset"] = dataset
-    ids["trained_plan"] = config.get("plan") or ""
-    for name, (_, method) in run_column_owners().items():
-        ids[name] = config.get(name, _default(name)) if config.get("method") == method else None
+    method = config.get("method")
+    ids = {"run": config.get("run"), "model": config.get("model"), "width_mult": config.get("width_mult"),
+           "method": method, **method_style(method), "seed": config.get("seed"), "dataset": dataset,
+           "trained_plan": config.get("plan") or ""}
+    options = config.get("method_options") or {}
+    for name, column in _method_run_columns.items():
+        # A checkpoint written before methods kept their options apart has them at the top level.
+        ids[name] = options.get(name, config.get(name, column.default)) if method in column.methods else None
     return ids
-
-
-def run_column_owners() -> dict[str, tuple[str, str]]:
-    """The columns the training methods add: name -> (type, the method that sets it)."""
-    import loafing.methods  # noqa: F401
-
-    return dict(_method_run_columns)
-
-
-def _default(name: str) -> Any:
-    """A method column's value for a run saved before the column existed: the setting's default."""
-    from loafing.config import TrainConfig
-
-    return getattr(TrainConfig(), name)
 
 
 def with_run_identifiers(df: pd.DataFrame, ids: Mapping[str, Any]) -> pd.DataFrame:
@@ -118,7 +155,7 @@ def conform(df: pd.DataFrame, table: str, required: Sequence[str] | None = None)
     """
     spec = TABLES[table]
     dtypes = spec.dtypes()
-    df = _with_method_columns(df)
+    df = migrated(df, table)
     missing = [c for c in (dtypes if required is None else required) if c not in df.columns]
     if missing:
         raise LoafingError(f"{spec.file}: missing column '{missing[0]}'")
@@ -137,15 +174,39 @@ def conform(df: pd.DataFrame, table: str, required: Sequence[str] | None = None)
     return out
 
 
-def _with_method_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """A table written before a method added its column gets it: the default for that method's runs, else empty."""
-    absent = {n: o for n, o in run_column_owners().items() if n not in df.columns}
-    if not absent or "method" not in df.columns:
+def migrated(df: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
+    """`df` with the run columns of a table written by an older version: a table without the method_* columns gets
+    its methods' styles of then (`loafing.legacy`) and the columns only ST read emptied in other rows (CT rows once
+    carried lam=1.0); a registered method's column a table lacks gets the default in that method's rows; the plans
+    of a `table` that names them but lacks `architecture` get an empty one."""
+    if "method" not in df.columns:
         return df
     df = df.copy()
-    for name, (_, method) in absent.items():
-        df[name] = [_default(name) if m == method else None for m in df["method"]]
+    methods = df["method"].astype(str)
+    if "method_label" not in df.columns:
+        styles = {m: (*style, i) for i, (m, style) in enumerate(legacy.STYLES.items())}
+        styles[FOREIGN_METHOD] = (*FOREIGN_STYLE, None)
+        rows = [styles.get(m, ("", "", "", None)) for m in methods]
+        for i, column in enumerate(STYLE_COLUMNS):
+            df[column] = pd.array([r[i] for r in rows], dtype=OPTIONAL_INT) if column == "method_order" \
+                else [r[i] for r in rows]
+        for name, (owner, default) in legacy.METHOD_COLUMNS.items():
+            _fill(df, name, methods == owner, default)
+    for name, column in _method_run_columns.items():
+        if name not in df.columns:
+            _fill(df, name, methods.isin(column.methods), column.default)
+    if table is not None and "architecture" in TABLES[table].columns and "architecture" not in df.columns:
+        df["architecture"] = ""  # written before plans had a name
     return df
+
+
+def _fill(df: pd.DataFrame, name: str, owned: pd.Series, default: Any) -> None:
+    """Empty column `name` outside the `owned` rows; a column the table lacks gets `default` in those rows."""
+    if name not in df.columns:
+        df[name] = [default if mine else ("" if isinstance(default, str) else None) for mine in owned]
+    elif (~owned).any():
+        text = df[name].dtype == object and df[name].map(lambda v: isinstance(v, str)).any()  # cells read as text
+        df.loc[~owned, name] = "" if text else None
 
 
 def write_table(df: pd.DataFrame, path: str | Path, table: str) -> None:
@@ -166,12 +227,38 @@ def read_table(path: str | Path, table: str, required: Sequence[str] | None = No
     for column, kind in dtypes.items():
         if column in raw.columns and kind != TEXT:
             raw[column] = _parse(raw[column], kind, path, column)
-    return conform(raw, table, required)
+    raw = migrated(raw)  # before the extra columns are taken: an old file's CT rows lose their lam here too
+    conformed = conform(raw, table, required)
+    # Columns this process has no schema for (a method that is not registered here) are kept, typed by their cells.
+    extra = [c for c in raw.columns if c not in conformed.columns and c not in dtypes]
+    for column in extra:
+        kind = _inferred_kind(raw[column])
+        conformed[column] = raw[column] if kind == TEXT else _parse(raw[column], kind, path, column)
+    return conformed
+
+
+def _inferred_kind(values: pd.Series) -> str:
+    """The narrowest column type that every non-empty text cell of `values` reads as."""
+    blank = _blank(values)
+    cells = values[~blank].astype(str).str.strip()
+    if cells.empty:
+        return TEXT
+    if cells.str.lower().isin(["true", "false"]).all() and not blank.any():
+        return BOOL
+    numbers = pd.to_numeric(cells, errors="coerce")
+    if numbers.isna().any():
+        return TEXT
+    return OPTIONAL_INT if cells.str.fullmatch(r"[+-]?\d+").all() else FLOAT
+
+
+def _blank(values: pd.Series) -> pd.Series:
+    """True for empty cells (missing, or only spaces)."""
+    return values.isna() | (values.astype("string").str.strip() == "").fillna(True)
 
 
 def _parse(values: pd.Series, kind: str, path: str | Path, column: str) -> pd.Series:
     """Text cells of one CSV column as the column's type (empty cells are missing values)."""
-    blank = values.str.strip() == ""
+    blank = _blank(values)
     if kind == BOOL:
         lowered = values.str.strip().str.lower()
         if not lowered.isin(["true", "false"]).all():
@@ -181,7 +268,8 @@ def _parse(values: pd.Series, kind: str, path: str | Path, column: str) -> pd.Se
     if (numbers.isna() & ~blank).any():
         raise LoafingError(f"{path}: column '{column}' holds a value that is not {_kind_name(kind)}")
     if kind in (INT, OPTIONAL_INT):
-        if (numbers.dropna() % 1 != 0).any() or (kind == INT and blank.any()):
+        present = numbers.dropna()
+        if (present % 1 != 0).any() or (present.abs() >= 2**63).any() or (kind == INT and blank.any()):
             raise LoafingError(f"{path}: column '{column}' holds a value that is not {_kind_name(kind)}")
         return numbers.astype(OPTIONAL_INT)
     return numbers.astype(FLOAT)

@@ -5,184 +5,36 @@ import contextlib
 import dataclasses
 import json
 import math
-import random
 import resource
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from loafing.bn import set_bn_momentum, synchronized_bn
-from loafing.checkpoint import read_checkpoint, save_checkpoint
-from loafing.config import AMP_DTYPES, TrainConfig, config_from_dict, validate_config
-from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
-from loafing.device_data import DeviceBatches, resident_split
-from loafing.distributed import (World, agree, all_reduce_sum, barrier, current_world, gather_objects, process_device,
+from loafing.bn import synchronized_bn
+from loafing.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from loafing.config import AMP_DTYPES, TrainConfig, config_from_dict
+from loafing.data import make_loader, seeded_subset
+from loafing.device_data import DeviceBatches
+from loafing.distributed import (World, agree, all_reduce_sum, current_world, gather_objects, process_device,
                                  process_group, shared_error)
-from loafing.errors import LoafingError, LoafingWarning
+from loafing.errors import LoafingError
 from loafing.evaluate import classification_metrics, predict, resolve_device
 from loafing.io import check_output_folder, run_folder_lock, write_json
-from loafing.methods import TrainingStep, check_method_options, get_method, trained_plan
-from loafing.models import StagedModel, create_model, get_spec
 from loafing.plan_tree import evaluate_plans
-from loafing.plans import Plan, ordered_space
 from loafing.schema import run_identifiers, write_table
+# A run's construction lives in training_run; its names stay importable from here.
+from loafing.training_run import (Run, StepModule, build_run, check_config, kl_trajectory_plans,  # noqa: F401
+                                  train_batches, training_data)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.csv"
 KL_NAME = "kl_trajectory.csv"
 CONFIG_NAME = "config.json"
-
-
-@dataclass
-class Run:
-    """A run being trained: its configuration and everything built from it."""
-
-    config: TrainConfig
-    world: World
-    device: torch.device
-    data: DataSplits
-    model: StagedModel
-    step: TrainingStep
-    trained: nn.Module  # what computes a step's losses: the model and the method's modules, under DDP when distributed
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler  # fp16's loss scaling; disabled otherwise
-    train_loader: DataLoader | DeviceBatches  # this rank's share of each global batch
-    test_loader: DataLoader
-    calib_loader: DataLoader  # fixed training images that recalibrate BN for the per-epoch test accuracy
-    rng: random.Random  # the method's sampler (ST plans)
-    trained_plan: Plan | None
-    kl_plans: list[Plan]
-    memory_format: torch.memory_format
-
-    @property
-    def out(self) -> Path:
-        """The run folder."""
-        return Path(self.config.out)
-
-
-class StepModule(nn.Module):
-    """The model and a method's training-only modules as one module whose forward is the method's step: what DDP
-    wraps, so that its gradient hooks see every step, whichever of the model's methods the step calls."""
-
-    def __init__(self, model: StagedModel, step: TrainingStep) -> None:
-        super().__init__()
-        self.model, self.method_modules, self.step_loss = model, step.modules, step.loss
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        result = self.step_loss(x, y)
-        return result.loss, result.ce, result.kl
-
-
-def check_config(config: TrainConfig, world: World = World(), device: torch.device | None = None) -> None:
-    """Reject bad settings before any work starts."""
-    if not config.out:
-        raise LoafingError("--out is required (or --resume DIR)")
-    validate_config(config)
-    check_method_options(config)
-    if config.batch_size % world.size:
-        raise LoafingError(f"--batch-size {config.batch_size} is the global batch; it must split evenly over the "
-                           f"{world.size} processes")
-    if config.sync_bn:
-        if device is not None and device.type != "cuda":
-            raise LoafingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm only runs on CUDA tensors (on the CPU, "
-                               "each process normalizes its own share of the batch)")
-        if config.method == "st" and config.st_step == "shared":
-            raise LoafingError("--sync-bn cannot normalize the shared ST step's two stacked batches separately; "
-                               "pass --st-step simple with --sync-bn")
-
-
-def kl_trajectory_plans(model: StagedModel, config: TrainConfig) -> list[Plan]:
-    """The plans whose KL to the main network is recorded: the ordered space, or a seeded sample of it."""
-    plans = ordered_space(model.layout)
-    if config.kl_plans is not None and config.kl_plans < len(plans):
-        plans = sorted(random.Random(config.seed).sample(plans, config.kl_plans), key=plans.index)
-    return plans
-
-
-def training_data(config: TrainConfig) -> DataSplits:
-    """The run's data in its model's input recipe; with `train_size`, a seeded subset of the training split
-    (its augmented and plain views holding the same images)."""
-    data = load_dataset(config.dataset, config.data_dir, config.download, get_spec(config.model).recipe,
-                        config.image_size)
-    if config.train_size is not None and config.train_size < len(data.train):
-        chosen = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
-        indices = chosen[:config.train_size].tolist()
-        data = dataclasses.replace(data, train=Subset(data.train, indices), train_plain=Subset(data.train_plain, indices))
-    return data
-
-
-def train_batches(config: TrainConfig, data: DataSplits, world: World,
-                  device: torch.device) -> DataLoader | DeviceBatches:
-    """This rank's training batches: a seeded shuffling loader, DistributedSampler's share of the data under
-    torchrun, or the device-resident split (`data_on_device`)."""
-    batch_size = config.batch_size // world.size
-    if config.data_on_device:
-        split = resident_split(data.train, get_spec(config.model).recipe, data.image_size)
-        return DeviceBatches(split, batch_size, device, config.seed, world.rank, world.size)
-    sampler = None
-    if world.distributed:
-        sampler = DistributedSampler(data.train, num_replicas=world.size, rank=world.rank, shuffle=True,
-                                     seed=config.seed, drop_last=True)
-    share = len(sampler) if sampler is not None else len(data.train)
-    return make_loader(data.train, batch_size, shuffle=sampler is None, seed=config.seed, workers=config.workers,
-                       drop_last=share > batch_size, sampler=sampler)
-
-
-def build_run(config: TrainConfig, world: World = World(), device: torch.device | None = None) -> Run:
-    """The model, method step, data, optimizer and schedule of a run, seeded by `config.seed`; under torchrun,
-    this rank's part of it (the model and the ST sampler alike on every rank, the data shared out)."""
-    device = device or resolve_device(config.device)
-    if config.amp == "fp16" and device.type == "cpu":
-        warnings.warn("--amp fp16 on the CPU is many times slower than float32 (about 20x for ResNet-20 here); "
-                      "bf16 is the CPU's mixed precision", LoafingWarning)
-    if config.download and not world.is_main:
-        barrier(world)  # rank 0 downloads alone, the others then read its files
-    data = training_data(config)
-    if config.download and world.is_main:
-        barrier(world)
-    config = dataclasses.replace(config, num_classes=data.num_classes, run=config.run or Path(config.out).name,
-                                 world_size=world.size)
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    model = create_model(config.model, data.num_classes, config.width_mult)
-    if data.mean is not None:
-        model.set_normalization(data.mean, data.std)
-    if config.bn_momentum is not None:
-        set_bn_momentum(model, config.bn_momentum)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    step = get_method(config.method).build(model, config, rng)
-    parameters = list(model.parameters()) + (list(step.modules.parameters()) if step.modules is not None else [])
-    if step.modules is not None:
-        step.modules.to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    trained: nn.Module = StepModule(model, step)
-    if world.distributed:
-        # The ST plan sampler (`rng`) stays seeded alike on every rank, so all ranks train the same sub-network;
-        # what differs per rank (dropout masks, stochastic depth's row mode) draws from its own stream.
-        torch.manual_seed(config.seed + world.rank)
-        trained = DistributedDataParallel(trained, device_ids=[device] if device.type == "cuda" else None,
-                                          find_unused_parameters=not step.uses_all_parameters)
-    return Run(
-        config=config, world=world, device=device, data=data, model=model, step=step, trained=trained,
-        optimizer=optimizer, scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs),
-        scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
-        train_loader=train_batches(config, data, world, device),
-        test_loader=make_loader(data.test, config.eval_batch_size, workers=config.workers),
-        calib_loader=make_loader(seeded_subset(data.train_plain, config.calib_size, config.seed),
-                                 config.eval_batch_size),
-        rng=rng, trained_plan=trained_plan(model, config),
-        kl_plans=kl_trajectory_plans(model, config) if config.kl_every else [], memory_format=memory_format)
 
 
 def autocast(run: Run) -> contextlib.AbstractContextManager:
@@ -278,6 +130,21 @@ def load_config(run_dir: str | Path) -> TrainConfig:
     return config_from_dict(values, str(path))
 
 
+def check_resumable(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to resume a run whose config.json no longer says what its checkpoint was trained with (an edited
+    config.json would continue, say, at another length or learning rate without a word)."""
+    path = run_dir / CHECKPOINT_NAME
+    saved = read_checkpoint(path, resume=True)["config"]
+    trained = dataclasses.asdict(config_from_dict(saved, f"the configuration in {str(path)!r}"))
+    wanted = dataclasses.asdict(config)
+    changed = [name for name in wanted if name != "out" and trained.get(name) != wanted[name]]
+    if changed:
+        name = changed[0]
+        raise LoafingError(f"{str(run_dir / CONFIG_NAME)!r} does not match its checkpoint: {name} is "
+                           f"{wanted[name]!r} there, {trained.get(name)!r} in the checkpoint; restore it, or train "
+                           "a new run")
+
+
 def rank_rng_state(run: Run) -> dict:
     """The random streams that differ per rank: torch's, CUDA's and the device-resident augmentation's."""
     return {"torch": torch.get_rng_state(),
@@ -297,12 +164,18 @@ def save_state(run: Run, epoch: int, log_rows: list[dict], kl_rows: list[dict]) 
     rng_state = {"python": run.rng.getstate(), "loader": loader.get_state() if loader is not None else None,
                  "ranks": ranks}
     method_state = run.step.modules.state_dict() if run.step.modules is not None else None
+    first = not (run.out / CHECKPOINT_NAME).exists()
     write_json(dataclasses.asdict(run.config), run.out / CONFIG_NAME)
     # The checkpoint carries the rows too, so a resumed run never depends on which file was written last.
-    save_checkpoint(run.out / CHECKPOINT_NAME, run.model, run.optimizer, run.scheduler, epoch,
-                    dataclasses.asdict(run.config),
-                    {"rng": rng_state, "log_rows": log_rows, "kl_rows": kl_rows, "method_state": method_state,
-                     "scaler": run.scaler.state_dict()})
+    try:
+        save_checkpoint(run.out / CHECKPOINT_NAME, run.model, run.optimizer, run.scheduler, epoch,
+                        dataclasses.asdict(run.config),
+                        {"rng": rng_state, "log_rows": log_rows, "kl_rows": kl_rows, "method_state": method_state,
+                         "scaler": run.scaler.state_dict()})
+    except OSError:
+        if first:  # no checkpoint of this run exists: its configuration alone would describe nothing
+            (run.out / CONFIG_NAME).unlink(missing_ok=True)
+        raise
     if kl_rows:
         write_table(pd.DataFrame(kl_rows), run.out / KL_NAME, "kl_trajectory")
     else:  # nothing recorded by this run yet: a KL table here is another run's
@@ -313,10 +186,11 @@ def save_state(run: Run, epoch: int, log_rows: list[dict], kl_rows: list[dict]) 
 def restore_state(run: Run) -> tuple[int, list[dict], list[dict]]:
     """Load the last checkpoint into `run` (every rank reads it, each takes back its own random state); returns
     the epoch to continue with and the rows so far."""
-    state = read_checkpoint(run.out / CHECKPOINT_NAME)
-    run.model.load_state_dict(state["model"])
+    path = run.out / CHECKPOINT_NAME
+    state = read_checkpoint(path, resume=True)
+    load_weights(run.model, state["model"], f"checkpoint {str(path)!r}")
     if run.step.modules is not None:
-        run.step.modules.load_state_dict(state["method_state"])
+        load_weights(run.step.modules, state["method_state"] or {}, f"checkpoint {str(path)!r} (method modules)")
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
@@ -350,10 +224,12 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, r
     with process_group(world, device), contextlib.ExitStack() as held:
         def check() -> None:
             check_config(config, world, device)
-            out = check_output_folder(config.out)
+            out = check_output_folder(config.out, folders=[config.data_dir])
             held.enter_context(run_folder_lock(out))
             if resume and not (out / CHECKPOINT_NAME).exists():
                 raise LoafingError(f"{str(out)!r} holds no checkpoint to resume")
+            if resume:
+                check_resumable(out, config)
             if resume and config.world_size != world.size:
                 raise LoafingError(f"the run in {str(out)!r} was trained by {config.world_size} process(es); resume "
                                    f"it with as many (torchrun --nproc_per_node {config.world_size}), not {world.size}")

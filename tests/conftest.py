@@ -28,7 +28,7 @@ def trained_runs(tmp_path_factory):
     runs = {}
     for method in ("ct", "st"):
         config = TrainConfig(model="resnet20-cifar", dataset="digits", method=method, epochs=2, lr=0.1,
-                             seed=0, device="cpu", calib_size=128, out=str(root / method))
+                             seed=0, device="cpu", monitor_calib_size=128, out=str(root / method))
         train(config, progress=False)
         runs[method] = root / method
     return runs

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from loafing.checkpoint import load_model, read_checkpoint
-from loafing.config import TrainConfig
+from loafing.config import make_train_config
 from loafing.errors import LoafingError
 from loafing.methods import METHODS, get_method
 from loafing.models import MODELS, StagedModel, create_model
@@ -51,7 +51,7 @@ def by_hand(model, x, steps):
 
 
 def config(method, **kwargs):
-    return TrainConfig(model="resnet20-cifar", method=method, num_classes=10, **kwargs)
+    return make_train_config({"model": "resnet20-cifar", "method": method, "num_classes": 10, **kwargs})
 
 
 # ---------------------------------------------------------------- plans that run a branch alone, other spaces
@@ -152,7 +152,7 @@ def test_st_shared_step_with_a_raw_plan_gives_the_simple_steps_gradients():
 
 
 def test_survival_probabilities_fall_linearly_and_spare_each_stages_first_block():
-    from loafing.baselines import survival_probabilities
+    from loafing.methods.baselines import survival_probabilities
     layout = create_model("resnet20-cifar", 10).layout
     expected = {b: 1 - b / 9 * (1 - 0.8) for b in (2, 3, 5, 6, 8, 9)}  # blocks 1, 4 and 7 open their stages
     assert survival_probabilities(layout, 0.8) == pytest.approx(expected)
@@ -224,7 +224,7 @@ def test_supervision_losses(method, weights):
 
 
 def test_stage_coefficients_for_mobilenet_are_the_appendixs():
-    from loafing.baselines import supervised_blocks
+    from loafing.methods.baselines import supervised_blocks
     layout = create_model("mobilenet_v3_large", 10).layout  # stages of 2, 3, 4, 2, 3 blocks
     assert supervised_blocks(layout, per_layer=False) == pytest.approx({2: 0.13, 5: 0.2, 9: 0.27, 11: 0.4})
     layer = supervised_blocks(layout, per_layer=True)
@@ -261,11 +261,11 @@ def test_every_baseline_trains_every_registered_model_one_step(method):
         options = {"sd_survival": 1.0} if method == "stochastic-depth" else {}  # nothing dropped: every block learns
         if method == "stochastic-depth" and type(model).residual is StagedModel.residual:  # no residual branches
             with pytest.raises(LoafingError, match="needs a model that can run a block's residual branch"):
-                get_method(method).build(model, TrainConfig(model=name, method=method, num_classes=10),
-                                         random.Random(0))
+                get_method(method).build(model, make_train_config({"model": name, "method": method,
+                                                                   "num_classes": 10}), random.Random(0))
             continue
-        step = get_method(method).build(model, TrainConfig(model=name, method=method, num_classes=10, **options),
-                                        random.Random(0))
+        step = get_method(method).build(model, make_train_config({"model": name, "method": method, "num_classes": 10,
+                                                                  **options}), random.Random(0))
         x, y = batch(4)
         result = step.loss(torch.nn.functional.interpolate(x, 32), y)
         result.loss.backward()
@@ -284,8 +284,9 @@ def test_auxiliary_heads_stay_out_of_the_measured_network_and_resume_bit_identic
     import loafing.train as train_module
 
     def cfg(out, epochs=2):
-        return TrainConfig(model="resnet20-cifar", method="self-distillation", epochs=epochs, lr=0.1,
-                           train_size=256, calib_size=32, device="cpu", out=str(out))
+        return make_train_config({"model": "resnet20-cifar", "method": "self-distillation", "epochs": epochs,
+                                  "lr": 0.1, "train_size": 256, "monitor_calib_size": 32, "device": "cpu",
+                                  "out": str(out)})
 
     train(cfg(tmp_path / "full"), progress=False)
     loaded = load_model(str(tmp_path / "full" / "checkpoint.pt"))
@@ -317,7 +318,8 @@ def test_bad_method_options(run_cli, tmp_path, args, message):
 
 def test_a_table_written_before_the_sampling_column_reads_as_ordered(tmp_path):
     from loafing.schema import TABLES
-    columns = [c for c in TABLES["train_log"].dtypes() if c != "sampling"]
+    # A file of then: no sampling column, and none of the method_* columns rows carry today.
+    columns = [c for c in TABLES["train_log"].dtypes() if c != "sampling" and not c.startswith("method_")]
     row = {c: 1 for c in columns} | {"run": "r", "model": "m", "method": "st", "dataset": "digits",
                                      "trained_plan": "", "memory_kind": "cpu", "space_size": ""}
     pd.DataFrame([row, row | {"method": "ct"}]).to_csv(tmp_path / "old.csv", index=False)
@@ -398,9 +400,13 @@ def test_appendix_figures_say_what_is_missing(tmp_path):
 
 
 def test_every_registered_method_has_a_label_and_a_colour():
-    from loafing.figures.select import scheme_colour, scheme_order
+    from loafing.figures.style import schemes_of
+    from loafing.schema import run_identifiers
     labels = [m.label for m in METHODS.values()]
     assert len(set(labels)) == len(labels)
+    # What the figures know of the methods: the styles their rows carry.
+    schemes = schemes_of(pd.DataFrame([run_identifiers({"method": m}, "digits") for m in METHODS]))
+    scheme_colour, scheme_order = schemes.colour, schemes.order
     assert all(scheme_colour(label).startswith("#") for label in labels)
     assert scheme_order(["ST (raw)", "Stochastic depth", "ST", "CT", "ST-6"]) == \
         ["CT", "ST-6", "ST", "ST (raw)", "Stochastic depth"]
@@ -434,7 +440,7 @@ def test_the_committed_appendix_run_shows_the_papers_ordering():
 
 @pytest.mark.slow
 def test_appendix_quick_preset_shows_the_papers_ordering(tmp_path):
-    from loafing.analyses import get_preset
     from loafing.reproduce import reproduce
-    reproduce(get_preset("appendix-quick"), tmp_path, device="cpu", progress=False)
+    from loafing.studies import builtin_study
+    reproduce(builtin_study("appendix-quick"), tmp_path, device="cpu", progress=False)
     assert_appendix_claims(tmp_path / "results")

@@ -1,16 +1,21 @@
 import copy
 import random
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loafing.bn import batchnorms, frozen_bn_stats, preserved_bn_state, recalibrate_bn
+from loafing.bn import (batches_of_two_or_more, batchnorms, frozen_bn_stats, preserved_bn_state, recalibrate_bn,
+                        synchronized_bn)
 from loafing.data import images_only, make_loader, seeded_subset
-from loafing.models import MODELS, create_model
+from loafing.errors import LoafingError
+from loafing.models import MODELS, StagedModel, create_model
+from loafing.segments import is_segment_aware, stacked_batches
 from loafing.plans import ordered_plan, sample_ordered_plan
 from loafing.methods import ct_loss, st_loss_shared, st_loss_simple
+from test_segments import BatchNormAct2d
 
 
 def bn_state(model):
@@ -21,51 +26,58 @@ def calib_batches(digits, seed, size=200):
     return list(images_only(make_loader(seeded_subset(digits.train_plain, size, seed), 64)))
 
 
-def test_recalibration_is_the_cumulative_average_of_batch_statistics(digits):
+def whole_set(inputs):
+    """Mean and unbiased variance per channel of a list of [N, C, ...] inputs taken together, in float64."""
+    x = torch.cat(inputs).double().transpose(0, 1).flatten(1)
+    return x.mean(1), x.var(1, unbiased=True)
+
+
+def test_recalibration_gives_the_statistics_of_the_whole_calibration_set(digits):
     model = create_model("resnet20-cifar", 10)
     plan = ordered_plan(model.layout, (1, 2, 3))
     batches = calib_batches(digits, seed=0)
+    assert [len(x) for x in batches] == [64, 64, 64, 8]  # unequal batches: a mean of batch means would differ
     recalibrate_bn(model, plan, batches)
     assert not model.training
     # independent expectation for the stem BN and the first BN of block 4 (stage 2, after a prefix)
     net = model.net
-    means, variances = [], []
-    block4_means = []
+    stem_inputs, block4_inputs = [], []
     model.train()
     for x in batches:
         z = net.conv1((x - model.input_mean) / model.input_std)
-        means.append(z.mean(dim=(0, 2, 3)))
-        variances.append(z.var(dim=(0, 2, 3), unbiased=True))
+        stem_inputs.append(z)
         h = F.relu(F.batch_norm(z, None, None, net.bn1.weight, net.bn1.bias, training=True, eps=net.bn1.eps))
         with frozen_bn_stats(model):  # train-mode normalization, as during recalibration
             h = model.block(1)(h)
-        block4_means.append(model.block(4).conv1(h).mean(dim=(0, 2, 3)))
-    torch.testing.assert_close(net.bn1.running_mean, torch.stack(means).mean(0))
-    torch.testing.assert_close(net.bn1.running_var, torch.stack(variances).mean(0))
-    torch.testing.assert_close(model.block(4).bn1.running_mean, torch.stack(block4_means).mean(0), rtol=1e-4,
-                               atol=1e-5)
+        block4_inputs.append(model.block(4).conv1(h))
+    for bn, inputs in ((net.bn1, stem_inputs), (model.block(4).bn1, block4_inputs)):
+        mean, var = whole_set(inputs)
+        torch.testing.assert_close(bn.running_mean, mean.float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bn.running_var, var.float(), rtol=1e-4, atol=1e-5)
+        assert bn.num_batches_tracked.item() == len(batches)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_recalibration_of_every_model_averages_the_batch_statistics_each_bn_sees(name):
-    """For every BN a plan runs: running mean / var = the mean over calibration batches of its input's
-    batch mean / unbiased variance; BNs the plan skips are left reset."""
+def test_recalibration_of_every_model_gives_each_bn_the_statistics_of_all_its_inputs(name):
+    """For every BN a plan runs: running mean / var = the mean / unbiased variance of everything it saw over the
+    calibration batches (of unequal sizes, one of them a single image); BNs the plan skips are left reset."""
     torch.manual_seed(0)
     model = create_model(name, 10)
     plan = ordered_plan(model.layout, tuple(max(1, n // 2) for n in model.layout.stage_sizes))
-    seen: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    hooks = [bn.register_forward_hook(lambda m, inputs, output: seen.setdefault(m, []).append(
-        (inputs[0].mean(dim=(0, 2, 3)), inputs[0].var(dim=(0, 2, 3), unbiased=True)))) for bn in batchnorms(model)]
-    batches = [torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    seen: dict[nn.Module, list[torch.Tensor]] = {}
+    hooks = [bn.register_forward_hook(lambda m, inputs, output: seen.setdefault(m, []).append(inputs[0]))
+             for bn in batchnorms(model)]
+    batches = [torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i, n in enumerate((6, 3, 1))]
     recalibrate_bn(model, plan, batches)
     for hook in hooks:
         hook.remove()
     assert seen
     for bn in batchnorms(model):
         if bn in seen:
-            assert len(seen[bn]) == len(batches)
-            torch.testing.assert_close(bn.running_mean, torch.stack([m for m, _ in seen[bn]]).mean(0))
-            torch.testing.assert_close(bn.running_var, torch.stack([v for _, v in seen[bn]]).mean(0))
+            assert [len(x) for x in seen[bn]] == [6, 4]  # the single image joined the batch before it
+            mean, var = whole_set(seen[bn])
+            torch.testing.assert_close(bn.running_mean, mean.float(), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(bn.running_var, var.float(), rtol=1e-4, atol=1e-5)
         else:
             assert bn.num_batches_tracked.item() == 0 and torch.all(bn.running_var == 1)
 
@@ -116,3 +128,115 @@ def test_frozen_bn_stats_still_normalizes_with_batch_statistics():
             got = model(x)
     torch.testing.assert_close(got, expected)
     assert all(bn.track_running_stats for bn in batchnorms(model))
+
+
+@pytest.mark.parametrize("sizes, merged", [((64, 64, 1), (64, 65)), ((1, 1, 1), (3,)), ((1, 1, 1, 1), (2, 2)),
+                                           ((1, 5), (6,)), ((3, 1, 4), (3, 5)), ((1,), (1,)), ((), ())])
+def test_a_batch_of_one_image_joins_a_neighbour(sizes, merged):
+    batches = [torch.full((n, 1), float(i)) for i, n in enumerate(sizes)]
+    out = list(batches_of_two_or_more(batches))
+    assert tuple(len(x) for x in out) == merged
+    if batches:
+        assert torch.equal(torch.cat(out), torch.cat(batches))  # nothing lost, order kept
+
+
+def test_a_calibration_set_of_one_image_is_its_statistics_or_refused_on_1x1_maps(digits):
+    model = create_model("resnet20-cifar", 10)  # its smallest maps are 8x8 at 32 px: 64 values per channel
+    x = calib_batches(digits, seed=0, size=1)
+    recalibrate_bn(model, None, x)
+    z = model.net.conv1((x[0] - model.input_mean) / model.input_std)
+    mean, var = whole_set([z])
+    torch.testing.assert_close(model.net.bn1.running_mean, mean.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.net.bn1.running_var, var.float(), rtol=1e-4, atol=1e-5)
+    # MobileNetV3 at 32 px ends on 1x1 maps: one image gives those BNs one value per channel, no variance
+    mobilenet = create_model("mobilenet_v3_large", 10, width_mult=0.5)
+    before = bn_state(mobilenet)
+    with pytest.raises(LoafingError, match=r"^BN layer 'net\.features\.\d+\..*' sees a single value per channel "
+                                           r"\(one image, 1x1 feature maps\).*calibrate on 2 or more images$"):
+        with preserved_bn_state(mobilenet):
+            recalibrate_bn(mobilenet, None, x)
+    assert all(torch.equal(a, b) for a, b in zip(before, bn_state(mobilenet)))
+    recalibrate_bn(mobilenet, None, calib_batches(digits, seed=0, size=2))  # two images are enough
+
+
+def norm_act_model():
+    """A staged network whose norm layers are a BatchNorm subclass with its own forward (a norm-activation layer)."""
+    torch.manual_seed(0)
+    net = nn.ModuleDict({"stem": nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), BatchNormAct2d(4)),
+                         "block": nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), BatchNormAct2d(4)),
+                         "head": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))})
+    for bn in batchnorms(net):
+        nn.init.normal_(bn.weight)
+        nn.init.normal_(bn.bias)
+    return StagedModel(net, [net["block"]], (1,), (True,), stem=net["stem"], head=net["head"])
+
+
+def test_a_norm_activation_layer_gets_frozen_stats_and_whole_set_recalibration():
+    model = norm_act_model()
+    norms = batchnorms(model)
+    assert len(norms) == 2 and all(type(bn) is BatchNormAct2d and is_segment_aware(bn) for bn in norms)
+    x = torch.rand(8, 3, 4, 4)
+    model.train()
+    before = bn_state(model)
+    with torch.no_grad(), frozen_bn_stats(model):
+        got = model(x)
+    assert all(torch.equal(a, b) for a, b in zip(before, bn_state(model)))  # running statistics untouched
+    with torch.no_grad():
+        torch.testing.assert_close(got, copy.deepcopy(model)(x))  # normalized with batch statistics all the same
+    seen = []
+    hook = model.net["block"][1].register_forward_hook(lambda m, inputs, output: seen.append(inputs[0]))
+    batches = [torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(n)) for n in (5, 4, 1)]
+    recalibrate_bn(model, None, batches)
+    hook.remove()
+    stem_mean, stem_var = whole_set([model.net["stem"][0](b) for b in batches])  # independent of the batching
+    torch.testing.assert_close(norms[0].running_mean, stem_mean.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norms[0].running_var, stem_var.float(), rtol=1e-4, atol=1e-5)
+    block_mean, block_var = whole_set(seen)
+    torch.testing.assert_close(norms[1].running_mean, block_mean.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norms[1].running_var, block_var.float(), rtol=1e-4, atol=1e-5)
+    assert [len(b) for b in seen] == [5, 5] and not model.training
+
+
+def test_sync_bn_puts_syncbatchnorms_holding_the_same_tensors_in_place_and_back():
+    model = create_model("resnet20-cifar", 10).train()
+    originals = batchnorms(model)
+    keys = list(model.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    reference = copy.deepcopy(model)
+    expected = reference(x)
+    with synchronized_bn(model):
+        inside = batchnorms(model)
+        assert all(type(bn) is nn.SyncBatchNorm and is_segment_aware(bn) for bn in inside)
+        assert list(model.state_dict()) == keys
+        # no process group here: SyncBatchNorm normalizes on its own, updating the original layers' tensors
+        torch.testing.assert_close(model(x), expected)
+    assert batchnorms(model) == originals and all(type(bn) is nn.BatchNorm2d for bn in originals)
+    assert all(torch.equal(a, b) for a, b in zip(bn_state(model), bn_state(reference)))
+    assert originals[0].num_batches_tracked.item() == 1
+    with pytest.raises(LoafingError, match="--sync-bn cannot synchronize BatchNormAct2d layers"):
+        with synchronized_bn(norm_act_model()):
+            pass
+
+
+def test_odd_calibration_and_batch_sizes_from_the_command_line(run_cli, tmp_path):
+    """MobileNetV3 at 32 px ends on 1x1 maps: a calibration batch of one image used to crash BN (issue 25)."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "mobilenet.pth"
+    torch.save(create_model("mobilenet_v3_large", 10, width_mult=0.5).net.state_dict(), ckpt)
+    common = ("measure", "--ckpt", ckpt, "--model", "mobilenet_v3_large", "--width-mult", 0.5, "--device", "cpu",
+              "--quiet", "--plan", "[1] [3] [6] [10] [12]")
+    for name, options in (("last-batch-of-one", ("--calib-size", 257)), ("odd", ("--calib-size", 7, "--batch-size", 2))):
+        code, _, err = run_cli(*common, *options, "--out", tmp_path / f"{name}.csv")
+        assert code == 0, err
+        df = pd.read_csv(tmp_path / f"{name}.csv")
+        assert df["calib_size"].tolist() == [options[1]] and df["recalibrated"].all()
+    code, _, err = run_cli(*common, "--calib-size", 1, "--out", tmp_path / "one.csv")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "sees a single value per channel" in err and "calibrate on 2 or more images" in err
+    assert not (tmp_path / "one.csv").exists()
+    for option, flag in (("--batch-size", "--batch-size"), ("--train-size", "--train-size")):
+        code, _, err = run_cli("train", "--model", "resnet20-cifar", "--epochs", 1, "--device", "cpu", option, 1,
+                               "--out", tmp_path / "run")
+        assert code == 2 and err.strip().splitlines() == [
+            f"loafing: error: {flag} must be at least 2 (BatchNorm cannot train on one image), got 1"]
+        assert not (tmp_path / "run").exists()

@@ -106,7 +106,7 @@ def test_help_on_every_command(run_cli):
 
 
 def test_train_options_are_the_train_config_fields_with_their_defaults():
-    from loafing.cli import train
+    from loafing.cli.train_commands import train
     from loafing.config import TrainConfig, config_fields
 
     options = {p.name: p for p in train.params}
@@ -135,3 +135,117 @@ def test_settings_out_of_range_are_one_line_errors(run_cli, tmp_path, args, mess
     code, _, err = run_cli(*args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_group_help_imports_neither_torch_nor_the_commands():
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom loafing.cli import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'pandas') "
+              "or m.startswith('loafing.cli.')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    *help_lines, imported = result.stdout.strip().splitlines()
+    assert imported == "[]"
+    from loafing.cli import COMMANDS
+    assert all(any(line.strip().startswith(name + " ") for line in help_lines) for name in COMMANDS)
+
+
+def click_context(group):
+    import click
+    return click.Context(group)
+
+
+def test_the_group_lists_each_command_with_its_own_short_help():
+    import click
+
+    from loafing.cli import COMMANDS, cli
+
+    ctx = click_context(cli)
+    for name, (_, short) in COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command.name == name
+        assert click.Command(name, help=short).get_short_help_str(200) == command.get_short_help_str(200), name
+
+
+def test_evaluation_options_are_the_eval_config_fields_with_their_defaults():
+    from loafing.cli import COMMANDS, cli
+    from loafing.eval_config import EvalConfig, eval_option_specs
+
+    defaults = EvalConfig()
+    for name in ("measure", "destruct", "inside-vs-alone"):
+        params = {p.name: p for p in cli.get_command(click_context(cli), name).params}
+        for spec in eval_option_specs():
+            if spec.name == "space" and name != "measure":
+                assert "space" not in params  # destruct and inside-vs-alone evaluate their own plans
+                continue
+            assert params[spec.name].default == getattr(defaults, spec.name) and params[spec.name].help == spec.help
+        assert {"--seed", "--calib-seed"} <= set(params["calib_seed"].opts)
+        assert params["recalibrate"].secondary_opts == ["--no-recalibrate"]
+    assert "lambda-ablation" not in COMMANDS
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"calib_size": 0}, "--calib-size must be at least 1, got 0"),
+    ({"calib_seed": -1}, "--calib-seed must be an integer from 0 to 2^63 - 1"),
+    ({"space": "all"}, "unknown space 'all'; valid choices: ordered, uniform"),
+    ({"batch_size": "64"}, "evaluation setting batch_size must be int, got '64'"),
+    ({"recalibrate": 1}, "evaluation setting recalibrate must be bool, got 1"),
+])
+def test_an_eval_config_checks_its_settings(settings, message):
+    from loafing.errors import LoafingError
+    from loafing.eval_config import EvalConfig
+
+    with pytest.raises(LoafingError, match="^" + message.replace("^", r"\^").replace("(", r"\(")):
+        EvalConfig(**settings)
+
+
+def test_seed_and_calib_seed_both_set_the_calibration_seed(run_cli, trained_runs, tmp_path):
+    for flag, seed in (("--seed", 3), ("--calib-seed", 5)):
+        out = tmp_path / f"{seed}.csv"
+        code, _, err = run_cli("measure", "--ckpt", trained_runs["ct"] / "checkpoint.pt", flag, seed, "--calib-size",
+                               16, "--plan", "[1] [4] [7]", "--out", out, "--quiet", "--device", "cpu")
+        assert code == 0, err
+        df = pd.read_csv(out)
+        assert df["calib_seed"].tolist() == [seed] and df["calib_size"].tolist() == [16]
+
+
+def test_models_lists_a_declared_layout_without_building_the_network(run_cli):
+    from loafing.models import ModelSpec, body_layout, register_model, unregister_model
+
+    def build(num_classes, width_mult):
+        raise AssertionError("`loafing models` built a network")
+
+    register_model(ModelSpec("never-built", build, "a model listed, never built", "cifar", "fc.weight",
+                             declared_layout=body_layout((2, 3), fixed=(3,))))
+    try:
+        code, out, err = run_cli("models")
+    finally:
+        unregister_model("never-built")
+    assert code == 0, err
+    listed = out.split("never-built: a model listed, never built\n")[1].splitlines()[0]
+    assert listed.strip() == "stages 2-3, main plan [1,2] [3,4,5], skippable [1, 2, 4, 5]"
+
+
+def test_every_declared_layout_is_the_built_networks():
+    import torch
+
+    from loafing.models import MODELS, create_model
+
+    for name, spec in MODELS.items():
+        if spec.declared_layout is not None:
+            with torch.device("meta"):  # create_model compares the declared layout with the built one
+                assert create_model(name, 10).layout == spec.declared_layout
+
+
+def test_models_builds_no_registered_network(run_cli, monkeypatch):
+    """Every built-in model declares its layout, so `loafing models` lists them all without building one."""
+    import loafing.models.registry as registry
+
+    def refuse(name):
+        raise AssertionError(f"`loafing models` built {name}")
+
+    monkeypatch.setattr(registry, "_layout", refuse)
+    code, out, err = run_cli("models")
+    assert code == 0, err
+    assert out.count("    stages ") == len(registry.MODELS)

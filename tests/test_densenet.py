@@ -10,10 +10,11 @@ from torch import nn
 from torchvision.models.densenet import _DenseBlock, _Transition
 
 from loafing.checkpoint import load_model
-from loafing.config import TrainConfig
+from loafing.config import TrainConfig, make_train_config
 from loafing.data import load_digits_splits
 from loafing.destruct import destroyed_networks
 from loafing.errors import LoafingError
+from loafing.eval_config import EvalConfig
 from loafing.inside import inside_vs_alone
 from loafing.measure import measure_plans
 from loafing.methods import get_method
@@ -109,8 +110,9 @@ def test_dense_layers_can_only_be_dropped_from_the_end_of_their_block():
     model = create_model("densenet121-cifar", 10, 0.25)
     for sampling in ("stochastic", "raw"):
         with pytest.raises(LoafingError, match="can only be shortened from the end"):
-            get_method("st").build(model, TrainConfig(model="densenet121-cifar", method="st", sampling=sampling,
-                                                      num_classes=10), random.Random(0))
+            get_method("st").build(model, make_train_config({"model": "densenet121-cifar", "method": "st",
+                                                             "sampling": sampling, "num_classes": 10}),
+                                   random.Random(0))
 
 
 def test_st_trains_a_densenet_on_its_dense_block_prefixes():
@@ -147,11 +149,11 @@ def test_the_grids_diagonal_is_each_network_measured_alone(tmp_path):
         torch.save(model.net.state_dict(), tmp_path / f"densenet{depth}.pth")
         networks.append(load_model(str(tmp_path / f"densenet{depth}.pth"), f"densenet{depth}-cifar",
                                    width_mult=0.125))
-    options = dict(calib_size=64, seed=0, batch_size=128, device=torch.device("cpu"), progress=False)
-    table = inside_vs_alone(networks, data, **options)
+    evaluation = EvalConfig(calib_size=64, calib_seed=0, recalibrate=True, batch_size=128, device="cpu")
+    table = inside_vs_alone(networks, data, evaluation, progress=False)
     inside = table[~table["is_main"]]
     assert list(zip(inside["model"], inside["depths"])) == [("densenet169-cifar", "6-12-24-16")]
     for loaded in networks:
-        alone = measure_plans(loaded, [loaded.model.layout.main_plan], data, recalibrate=True, **options)
+        alone = measure_plans(loaded, [loaded.model.layout.main_plan], data, evaluation, progress=False)
         row = table[(table["model"] == loaded.config["model"]) & table["is_main"]]
         assert row["top1"].item() == alone["top1"].item() and row["kl"].item() == alone["kl"].item()

@@ -2,11 +2,11 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from loafing.checkpoint import load_model
 from loafing.destruct import destroyed_networks, destruct, permute, swaps_needed
 from loafing.errors import LoafingError
+from loafing.eval_config import EvalConfig
 from loafing.plans import Layout, parse_plan
 
 MBV3 = Layout(((1, 2), (3, 4, 5), (6, 7, 8, 9), (10, 11), (12, 13, 14)),
@@ -101,8 +101,8 @@ def test_large_permutation_spaces_are_sampled():
 @pytest.mark.parametrize("mode", ["delete-one", "permute"])
 def test_destruct_on_a_trained_run(trained_runs, digits, mode):
     loaded = load_model(trained_runs["st"] / "checkpoint.pt")
-    df = destruct(loaded, digits, mode, max_combos=10, calib_size=256, recalibrate=True, seed=0,
-                  batch_size=256, device=torch.device("cpu"), progress=False)
+    df = destruct(loaded, digits, mode, EvalConfig(calib_size=256, calib_seed=0, batch_size=256, device="cpu"),
+                  max_combos=10, progress=False)
     intact = df[df["n"] == 0]
     assert len(intact) == 1 and intact["is_main"].item() and intact["drop"].item() == 0
     assert (df["drop"] == intact["top1"].item() - df["top1"]).all()

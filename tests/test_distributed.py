@@ -18,7 +18,7 @@ from scipy.stats import chi2_contingency, chisquare
 from torch.utils.data import DataLoader, DistributedSampler
 
 from loafing.checkpoint import read_checkpoint
-from loafing.config import TrainConfig
+from loafing.config import TrainConfig, make_train_config
 from loafing.device_data import DeviceBatches, ResidentSplit, crop_and_flip, resident_split
 from loafing.distributed import World, current_world, process_device, process_group
 from loafing.errors import LoafingError
@@ -30,7 +30,7 @@ from loafing.train import build_run, check_config, train, train_one_epoch
 
 LOAFING = str(Path(sys.executable).parent / "loafing")
 SMALL_RUN = dict(model="resnet20-cifar", dataset="digits", train_size=256, batch_size=64, lr=0.05, seed=3,
-                 device="cpu", calib_size=100)
+                 device="cpu", monitor_calib_size=100)
 
 
 def free_port() -> int:
@@ -98,7 +98,7 @@ def test_two_ddp_processes_equal_one_process_averaging_each_ranks_gradients(meth
 def one_process_reference(config: dict, method: str, plans: list[str]) -> dict:
     """The state after the DDP epoch's steps, computed in this process from each rank's share of every batch."""
     run = build_run(TrainConfig(**config))
-    model, lam = run.model, run.config.lam
+    model, lam = run.model, run.config.method_options.get("lam")  # ST's own option; CT has none
     model.train()
     loaders = []
     for r in range(2):
@@ -190,8 +190,8 @@ def torchrun(*args: str) -> list[str]:
 
 TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TRAIN = ["train", "--model", "resnet20-cifar", "--dataset", "digits", "--method", "st", "--device", "cpu",
-         "--train-size", "128", "--epochs", "2", "--kl-every", "1", "--kl-probe-size", "100", "--calib-size", "100",
-         "--quiet"]
+         "--train-size", "128", "--epochs", "2", "--kl-every", "1", "--kl-probe-size", "100",
+         "--monitor-calib-size", "100", "--quiet"]
 
 
 def kill_tree(pid: int) -> None:
@@ -282,8 +282,8 @@ def test_settings_that_do_not_fit_several_processes_are_refused():
         check_config(config, World(0, 2, 0), torch.device("cpu"))
     with pytest.raises(LoafingError, match="pass --st-step simple with --sync-bn"):
         check_config(config, World(0, 2, 0), torch.device("cuda"))
-    check_config(TrainConfig(**{**SMALL_RUN, "device": "cuda"}, method="st", st_step="simple", sync_bn=True,
-                             out="x"), World(0, 2, 0), torch.device("cuda"))
+    check_config(make_train_config({**SMALL_RUN, "device": "cuda", "method": "st", "st_step": "simple",
+                                    "sync_bn": True, "out": "x"}), World(0, 2, 0), torch.device("cuda"))
     with pytest.raises(LoafingError, match="each process takes the GPU of its local rank; pass --device cuda"):
         process_device(World(1, 2, 1), torch.device("cuda", 1))
     assert process_device(World(1, 2, 1), torch.device("cpu")) == torch.device("cpu")
@@ -444,7 +444,7 @@ def random_image_folder(root: Path, n: int = 64) -> Path:
 def test_an_interrupted_run_with_its_data_on_the_device_resumes_with_the_same_crops(tmp_path, interrupted_training):
     data_dir = random_image_folder(tmp_path / "images")
     base = dict(model="resnet20-cifar", dataset="imagefolder", data_dir=str(data_dir), data_on_device=True,
-                batch_size=16, epochs=2, device="cpu", calib_size=16, method="st")
+                batch_size=16, epochs=2, device="cpu", monitor_calib_size=16, method="st")
     whole = train(TrainConfig(**base, out=str(tmp_path / "whole")), progress=False)
     interrupted_training(TrainConfig(**base, out=str(tmp_path / "cut")), epoch=2)
     resumed = train(TrainConfig(**base, out=str(tmp_path / "cut")), progress=False, resume=True)

@@ -2,6 +2,7 @@
 no output file, no input changed; kill -9 at any moment, then --resume, ends bit-identical."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -18,8 +19,18 @@ import torch
 from loafing.checkpoint import read_checkpoint
 from loafing.io import atomic_path, run_folder_lock
 
-RESNET20 = ["--model", "resnet20-cifar", "--epochs", "1", "--lr", "0.1", "--calib-size", "64", "--device", "cpu",
-            "--quiet"]
+RESNET20 = ["--model", "resnet20-cifar", "--epochs", "1", "--lr", "0.1", "--monitor-calib-size", "64", "--device",
+            "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A ten-class ResNet-20's state dict with random weights (a foreign checkpoint: `--model resnet20-cifar`)."""
+    from loafing.models import create_model
+
+    path = tmp_path_factory.mktemp("weights") / "resnet20.pt"
+    torch.save(create_model("resnet20-cifar", 10).net.state_dict(), path)
+    return path
 
 
 def one_line_error(code, stderr, message):
@@ -68,8 +79,8 @@ def test_bad_training_settings(run_cli, tmp_path, args, message):
 
 
 def test_a_diverging_run_stops_with_a_clear_message(run_cli, tmp_path):
-    code, _, err = run_cli("train", "--model", "resnet20-cifar", "--epochs", "1", "--lr", "1e12", "--calib-size", "64",
-                           "--device", "cpu", "--quiet", "--out", tmp_path / "run")
+    code, _, err = run_cli("train", "--model", "resnet20-cifar", "--epochs", "1", "--lr", "1e12",
+                           "--monitor-calib-size", "64", "--device", "cpu", "--quiet", "--out", tmp_path / "run")
     one_line_error(code, err, "training diverged: the mean loss of epoch 1 is")
     assert "no checkpoint was written" in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / "config.json").exists()
@@ -212,7 +223,7 @@ def test_two_runs_started_together_into_one_folder(tmp_path):
 
 
 def test_kill_9_at_any_moment_then_resume_is_bit_identical(tmp_path):
-    args = ["--model", "resnet20-cifar", "--method", "st", "--epochs", "3", "--lr", "0.1", "--calib-size", "64",
+    args = ["--model", "resnet20-cifar", "--method", "st", "--epochs", "3", "--lr", "0.1", "--monitor-calib-size", "64",
             "--device", "cpu", "--quiet"]
     subprocess.run(loafing("train", *args, "--out", str(tmp_path / "full")), check=True)
     cut = tmp_path / "cut"
@@ -260,7 +271,7 @@ def test_a_crash_while_saving_leaves_no_log_row_without_its_checkpoint(tmp_path,
 
     monkeypatch.setattr(train_module, "save_checkpoint", crash_on_second)
     with pytest.raises(OSError):
-        train_module.train(TrainConfig(model="resnet20-cifar", epochs=2, lr=0.1, calib_size=64, device="cpu",
+        train_module.train(TrainConfig(model="resnet20-cifar", epochs=2, lr=0.1, monitor_calib_size=64, device="cpu",
                                        out=str(tmp_path / "run")), progress=False)
     assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
     assert pd.read_csv(tmp_path / "run" / "train_log.csv")["epoch"].tolist() == [1]
@@ -298,3 +309,112 @@ def test_a_measure_without_the_main_plan_says_so(run_cli, trained_runs, tmp_path
     code, out, _ = run_cli("measure", "--ckpt", trained_runs["ct"] / "checkpoint.pt", "--plan", "[1] [4] [7]",
                            "--calib-size", 64, "--out", tmp_path / "m.csv", "--quiet")
     assert code == 0 and "main network not measured" in out and "nan" not in out
+
+
+# ---------------------------------------------------------------- issue 25: checkpoints that are not what they claim
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda state: state.pop("normalization"), "it has no 'normalization'"),
+    (lambda state: state.pop("config"), "it has no 'config'"),
+    (lambda state: state["config"].update(num_classes=-3), "its config says -3 classes"),
+    (lambda state: state["config"].update(width_mult=-1.0), "its config's width_mult is -1.0"),
+    (lambda state: state.update(model=[1, 2]), "its 'model' is not a dict of tensors"),
+])
+def test_a_damaged_own_checkpoint_is_one_line_naming_it(run_cli, trained_runs, tmp_path, damage, message):
+    state = read_checkpoint(trained_runs["ct"] / "checkpoint.pt")
+    damage(state)
+    torch.save(state, tmp_path / "damaged.pt")
+    code, _, err = run_cli("measure", "--ckpt", tmp_path / "damaged.pt", "--plan", "[1] [4] [7]", "--calib-size", 64,
+                           "--out", tmp_path / "m.csv", "--quiet")
+    one_line_error(code, err, f"checkpoint '{tmp_path / 'damaged.pt'}' is damaged or not loafing's: {message}")
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_resume_of_a_checkpoint_without_its_random_state(run_cli, trained_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs["ct"], run)
+    state = read_checkpoint(run / "checkpoint.pt")
+    state["epoch"] = 1  # an epoch left to train
+    del state["rng"]
+    torch.save(state, run / "checkpoint.pt")
+    before = {k: v for k, v in files(run).items() if k != ".lock"}
+    code, _, err = run_cli("train", "--resume", run, "--quiet")
+    one_line_error(code, err, "is damaged or not loafing's: it has no 'rng'")
+    assert {k: v for k, v in files(run).items() if k != ".lock"} == before
+
+
+FULL_DISK = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (2**18, 2**18)); sys.argv[0] = 'loafing'; "
+             "runpy.run_module('loafing', run_name='__main__')")  # a write past 256 KiB fails, as on a full disk
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_nothing_half_written(tmp_path):
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, "train", *RESNET20, "--train-size", "64", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    one_line_error(done.returncode, done.stderr, "File too large")
+    assert f"({tmp_path / 'run' / 'checkpoint.pt'})" in done.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists() and not list((tmp_path / "run").glob(".*.tmp"))
+    assert not (tmp_path / "run" / "config.json").exists()  # a configuration of no checkpoint is not left behind
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_a_device_given_as_checkpoint_is_called_what_it_is(run_cli, tmp_path, kind):
+    ckpt = tmp_path / "c.pt"
+    if kind == "fifo":
+        os.mkfifo(ckpt)
+    else:
+        ckpt.symlink_to("/dev/zero")
+    code, _, err = run_cli("measure", "--ckpt", ckpt, "--out", tmp_path / "m.csv", "--quiet")
+    one_line_error(code, err, f"checkpoint '{ckpt}' is not a regular file")
+
+
+def test_unsafe_load_says_once_that_the_files_code_may_run(run_cli, trained_runs, tmp_path):
+    state = read_checkpoint(trained_runs["ct"] / "checkpoint.pt")
+    torch.save({**state, "args": argparse.Namespace(arch="resnet20")}, tmp_path / "with-args.pt")
+    common = ["--plan", "[1] [4] [7]", "--calib-size", 64, "--unsafe-load", "--quiet"]
+    code, _, err = run_cli("measure", "--ckpt", tmp_path / "with-args.pt", *common, "--out", tmp_path / "a.csv")
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"loafing: warning: --unsafe-load: '{tmp_path / 'with-args.pt'}' holds Python objects (argparse.Namespace) "
+        "and is unpickled in full, so any code in it runs"]
+    code, _, err = run_cli("measure", "--ckpt", trained_runs["ct"] / "checkpoint.pt", *common, "--out",
+                           tmp_path / "b.csv")
+    assert code == 0 and err.strip() == ""  # weights alone: nothing of the file's runs, nothing to say
+
+
+# ---------------------------------------------------------------- issue 25: output names and sizes
+
+
+def test_a_long_but_valid_output_name_is_written_and_a_too_long_one_refused_first(run_cli, weights, tmp_path):
+    common = ["--ckpt", weights, "--model", "resnet20-cifar", "--plan", "[1,2,3] [4,5,6] [7,8,9]", "--no-recalibrate",
+              "--device", "cpu", "--quiet"]
+    long = tmp_path / ("m" * 240 + ".csv")  # 244 bytes: a valid name, whose temp name must still fit in 255
+    code, _, err = run_cli("measure", *common, "--out", long)
+    assert code == 0, err
+    assert pd.read_csv(long)["top1"].notna().all() and [p.name for p in tmp_path.iterdir()] == [long.name]
+    start = time.perf_counter()
+    code, _, err = run_cli("measure", *common, "--out", tmp_path / ("m" * 252 + ".csv"))
+    one_line_error(code, err, "a name in it is 256 bytes long; a file name has at most 255")
+    assert time.perf_counter() - start < 2  # before loading anything
+
+
+@pytest.mark.parametrize("command", ["train", "measure"])
+@pytest.mark.parametrize("args, message", [
+    (["--width-mult", "1e9"], "--width-mult must be in (0, 16], got 1000000000.0"),
+    (["--image-size", "100000"], "--image-size must be in [1, 1024], got 100000"),
+])
+def test_absurd_sizes_are_refused_up_front(run_cli, weights, tmp_path, command, args, message):
+    if command == "train":
+        code, _, err = run_cli("train", *RESNET20, *args, "--out", tmp_path / "run")
+    else:
+        code, _, err = run_cli("measure", "--ckpt", weights, "--model", "resnet20-cifar", *args, "--out",
+                               tmp_path / "m.csv", "--quiet")
+    one_line_error(code, err, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_train_leaves_no_run_folder(run_cli, tmp_path):
+    code, _, err = run_cli("train", *RESNET20, "--method", "st", "--space-size", "0", "--out", tmp_path / "run")
+    one_line_error(code, err, "--space-size")
+    assert not (tmp_path / "run").exists()

@@ -22,7 +22,9 @@ from loafing.figures import (  # noqa: E402
     table_cost,
     table_main_and_subnetworks,
 )
-from loafing.figures.select import reference_lam, run_scheme, scheme_colour  # noqa: E402
+from loafing.figures.select import reference_lam, run_scheme  # noqa: E402
+from loafing.figures.style import Schemes, method_styles  # noqa: E402
+from loafing.methods import METHODS  # noqa: E402
 from loafing.schema import TABLES, read_table  # noqa: E402
 
 # A toy network with two stages of 2 and 3 blocks: 2 * 3 = 6 ordered plans, the last one the main network.
@@ -58,12 +60,22 @@ def ordered_plans() -> list[tuple[str, str, int]]:
     return plans
 
 
+def style_columns(method: str) -> dict:
+    """The method_* columns a writer fills from the method registry (empty for a method it does not know)."""
+    if method not in METHODS:
+        return {"method_label": "", "method_colour": "", "method_role": "", "method_order": ""}
+    entry = METHODS[method]
+    return {"method_label": entry.label, "method_colour": entry.colour, "method_role": entry.role,
+            "method_order": list(METHODS).index(method)}
+
+
 def run_ids(run: tuple, model: str = "toynet", dataset: str = "digits") -> dict:
-    """The identifying columns every results row carries."""
+    """The identifying columns every results row carries (ST's own columns empty in other methods' rows)."""
     name, method, lam, seed, trained_plan, space_size = run
-    return {"run": name, "model": model, "width_mult": 1.0, "method": method, "lam": lam, "seed": seed,
-            "dataset": dataset, "trained_plan": trained_plan, "space_size": space_size,
-            "sampling": SAMPLING.get(name, "ordered") if method == "st" else ""}
+    st = method == "st"
+    return {"run": name, "model": model, "width_mult": 1.0, "method": method, **style_columns(method),
+            "lam": lam if st else "", "seed": seed, "dataset": dataset, "trained_plan": trained_plan,
+            "space_size": space_size if st else "", "sampling": SAMPLING.get(name, "ordered") if st else ""}
 
 
 def measure_rows(runs: tuple = RUNS, model: str = "toynet", dataset: str = "digits", seed: int = 0) -> pd.DataFrame:
@@ -298,8 +310,9 @@ def test_unknown_name_lists_valid_names(results, tmp_path):
 
 def test_fig1_across_cifar_resnets_labels_architectures():
     # ResNet-20 trained on its own; its architecture (depths 3-3-3) is also a sub-network of two ResNet-32 runs.
-    def row(run, model, depths, is_main, top1):
+    def row(run, model, depths, is_main, top1):  # `architecture`: what the writer's model spec called it
         return {**run_ids((run, "ct", 1.0, 0, "", ""), model=model), "depths": depths,
+                "architecture": {"3-3-3": "ResNet20", "5-5-5": "ResNet32"}[depths],
                 "n_blocks": sum(map(int, depths.split("-"))), "is_main": is_main, "top1": top1}
     rows = [row("small", "resnet20-cifar", "3-3-3", True, 91.7)]
     for run in ("host", "host-s1"):
@@ -325,14 +338,95 @@ def test_several_models_get_one_file_each(tmp_path):
 
 
 def test_schemes_and_colours():
-    assert run_scheme("ct", np.nan, np.nan) == "CT"
-    assert run_scheme("ct", "[1] [3]", np.nan) == "alone"
-    assert run_scheme("st", np.nan, np.nan) == "ST"
-    assert run_scheme("st", np.nan, 48.0) == "ST-48"
-    assert scheme_colour("ST-48") == scheme_colour("ST-48") != scheme_colour("ST")
-    assert len({scheme_colour(s) for s in ("CT", "ST", "alone", "ST-6", "ST-48")}) == 5
-    with pytest.raises(LoafingError, match="unknown method 'sgd'; valid choices: ct, st"):
-        run_scheme("sgd", np.nan, np.nan)
+    assert run_scheme("CT", np.nan, np.nan) == "CT"
+    assert run_scheme("CT", "[1] [3]", np.nan) == "alone"
+    assert run_scheme("ST", np.nan, np.nan) == "ST"
+    assert run_scheme("ST", np.nan, 48.0) == "ST-48"
+    assert run_scheme("ST", np.nan, np.nan, "raw") == "ST (raw)"
+    schemes = Schemes(method_styles(measure_rows()))
+    assert schemes.colour("ST-48") == schemes.colour("ST-48") != schemes.colour("ST")
+    assert len({schemes.colour(s) for s in ("CT", "ST", "alone", "ST-6", "ST-48")}) == 5
+    # The colours and labels are the registry's, carried by the rows.
+    assert schemes.colour("CT") == METHODS["ct"].colour and schemes.colour("ST") == METHODS["st"].colour
+    assert schemes.order(["ST-48", "alone", "ST", "CT", "ST-6", "ST (raw)"]) == ["CT", "ST-6", "ST-48", "ST",
+                                                                               "ST (raw)", "alone"]
+
+
+def test_a_method_the_rows_do_not_style_is_drawn_with_a_default_style(tmp_path):
+    """Rows of a method no registry knew (empty method_* columns) are drawn under its name, after the others."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    runs = RUNS[:4] + (("sgd-s0", "sgd", 1.0, 0, "", ""),)
+    measure_rows(runs=runs).to_csv(folder / "measure.csv", index=False)
+    styles = method_styles(read_table(folder / "measure.csv", "measure"))
+    assert styles["sgd"].label == "sgd" and styles["sgd"].colour.startswith("#")
+    assert styles["sgd"].colour not in {styles["ct"].colour, styles["st"].colour}
+    [table1, figr8] = make_figures(folder, tmp_path / "out", ["table1", "figr8"])
+    assert table1.skipped is None and figr8.skipped is None
+    text = (tmp_path / "out" / "table1.md").read_text()
+    assert [line.split(" | ")[0] for line in text.splitlines()[4:]] == ["| CT", "| ST-6", "| sgd"]
+
+
+def test_figures_import_no_torch_and_no_model():
+    import subprocess
+    import sys
+    code = ("import sys, loafing.figures; from loafing.cli import main\n"
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('loafing.models', 'loafing.methods')))\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_figures_command_imports_no_torch(results, tmp_path):
+    import subprocess
+    import sys
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'))\n"
+            "from loafing.cli import main\n"
+            f"sys.argv = ['loafing', 'figures', '--results', {str(results)!r}, '--out', {str(tmp_path)!r}, "
+            "'--only', 'table1', '--only', 'fig4']\n"
+            "main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "NO-TORCH"
+    assert (tmp_path / "table1.md").exists() and (tmp_path / "fig4.png").exists()
+
+
+def test_committed_tables_redraw_the_same(tmp_path):
+    """The committed quick study's CSVs redraw its committed tables exactly."""
+    root = Path(__file__).resolve().parents[1]
+    committed = sorted((root / "figures" / "quick").glob("*.md"))
+    assert committed
+    names = sorted({path.stem for path in committed})
+    make_figures(root / "results" / "quick", tmp_path, names)
+    for path in committed:
+        assert (tmp_path / path.name).read_text() == path.read_text(), path.name
+
+
+def test_hostile_csvs_give_a_reason_or_one_line_never_a_traceback(results, tmp_path):
+    rows = read_table(results / "measure.csv", "measure")
+    one = tmp_path / "one"  # what `measure --plan X` writes: one sub-network, no main network
+    one.mkdir()
+    rows[~rows["is_main"]].head(1).to_csv(one / "measure.csv", index=False)
+    outcomes = make_figures(one, tmp_path / "out-one")
+    assert all(o.skipped or all(p.exists() for p in o.paths) for o in outcomes)
+    big = tmp_path / "big"  # an integer beyond int64
+    big.mkdir()
+    raw = pd.read_csv(results / "measure.csv", dtype=str, keep_default_na=False)
+    raw.loc[0, "n_blocks"] = "99999999999999999999999"
+    raw.to_csv(big / "measure.csv", index=False)
+    with pytest.raises(LoafingError, match="column 'n_blocks' holds a value that is not an integer"):
+        make_figures(big, tmp_path / "out-big", ["fig4"])
+    escape = tmp_path / "deep" / "escape"  # a data set named so that a file name would climb out of --out
+    escape.mkdir(parents=True)
+    raw = pd.read_csv(results / "measure.csv", dtype=str, keep_default_na=False)
+    raw["dataset"] = ["x/../../escaped" if i % 2 else "digits" for i in range(len(raw))]
+    raw.to_csv(escape / "measure.csv", index=False)
+    out = tmp_path / "deep" / "escape" / "out"
+    outcomes = make_figures(escape, out, ["fig4", "table1"])
+    written = [p for o in outcomes for p in o.paths]
+    assert len(written) == 6 and all(p.parent == out for p in written)
+    assert sorted(p.name for p in (tmp_path / "deep").rglob("*") if p.is_file() and p.parent != out) == \
+        ["measure.csv"]
 
 
 def test_figures_command_prints_paths_and_fails_with_exit_2(results, tmp_path, run_cli):

@@ -4,6 +4,7 @@ import torchvision
 
 from loafing.checkpoint import load_model
 from loafing.data import make_loader, seeded_subset
+from loafing.eval_config import EvalConfig
 from loafing.measure import measure_plans
 from loafing.models import create_model
 from loafing.plans import uniform_space
@@ -29,8 +30,8 @@ def test_akamaster_checkpoint_uniform_subnetworks_match_independent_implementati
     calib = list(x for x, _ in make_loader(seeded_subset(digits.train_plain, 300, 7), 100))
 
     for recalibrate in (False, True):
-        df = measure_plans(loaded, plans, digits, calib_size=300, recalibrate=recalibrate, seed=7, batch_size=100,
-                           device=torch.device("cpu"), progress=False)
+        evaluation = EvalConfig(calib_size=300, calib_seed=7, recalibrate=recalibrate, batch_size=100, device="cpu")
+        df = measure_plans(loaded, plans, digits, evaluation, progress=False)
         assert list(df["depths"]) == ["1-1-1", "2-2-2", "3-3-3"]
         for depth, top1 in zip((1, 2, 3), df["top1"]):
             with torch.no_grad():

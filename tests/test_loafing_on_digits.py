@@ -1,15 +1,15 @@
 """The paper's central claims on the embedded data: ST removes the loafing CT shows (slow: ~10 min)."""
 import pytest
-import torch
 
 from loafing.checkpoint import load_model
 from loafing.data import load_digits_splits
 from loafing.destruct import destruct
+from loafing.eval_config import EvalConfig
 from loafing.measure import measure_plans
 from loafing.plans import ordered_space
 from loafing.train import TrainConfig, train
 
-CPU = torch.device("cpu")
+EVALUATION = EvalConfig(calib_size=2000, recalibrate=True, calib_seed=0, batch_size=256, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,7 @@ def test_st_sub_networks_beat_ct_sub_networks_on_digits(digits_runs):
     data = load_digits_splits()
     results = {}
     for method, loaded in digits_runs.items():
-        df = measure_plans(loaded, ordered_space(loaded.model.layout), data, calib_size=2000, recalibrate=True,
-                           seed=0, batch_size=256, device=CPU, progress=False)
+        df = measure_plans(loaded, ordered_space(loaded.model.layout), data, EVALUATION, progress=False)
         assert len(df) == 144
         results[method] = df
     ct, st = results["ct"], results["st"]
@@ -42,7 +41,6 @@ def test_st_is_more_robust_to_layer_deletion_on_digits(digits_runs, mode):
     data = load_digits_splits()
     medians = {}
     for method, loaded in digits_runs.items():
-        df = destruct(loaded, data, mode, max_combos=200, calib_size=2000, recalibrate=True, seed=0,
-                      batch_size=256, device=CPU, progress=False)
+        df = destruct(loaded, data, mode, EVALUATION, max_combos=200, progress=False)
         medians[method] = df[df["n"] > 0].groupby("n")["drop"].median()
     assert (medians["st"] < medians["ct"]).all(), medians

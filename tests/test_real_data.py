@@ -16,6 +16,7 @@ import torch
 from loafing.checkpoint import load_model, load_weights, read_checkpoint
 from loafing.data import make_loader, seeded_subset
 from loafing.errors import LoafingError
+from loafing.eval_config import EvalConfig
 from loafing.measure import evaluation_data, measure_plans
 from loafing.models import create_model
 from loafing.plans import uniform_space
@@ -69,8 +70,8 @@ def test_akamaster_checkpoints_load_safely_and_classify_the_jpeg_test_images(mod
     assert loaded.source == "akamaster"
     torch.testing.assert_close(loaded.model.input_mean, MEAN)
     data = evaluation_data(loaded, "imagefolder", str(small_cifar))
-    df = measure_plans(loaded, [loaded.model.layout.main_plan], data, calib_size=200, recalibrate=False, seed=0,
-                       batch_size=250, device=torch.device("cpu"), progress=False)
+    df = measure_plans(loaded, [loaded.model.layout.main_plan], data,
+                       EvalConfig(calib_size=200, recalibrate=False, batch_size=250, device="cpu"), progress=False)
     assert df["n_examples"].item() == 500 and df["top1"].item() >= 75
 
 
@@ -88,8 +89,8 @@ def test_a_measure_of_a_32x32_folder_feeds_cifar_models_32x32_and_imagenet_model
     seen = []
     loaded.model.net.conv1.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape[1:])))
     data = evaluation_data(loaded, "imagefolder", str(small_cifar))
-    measure_plans(loaded, uniform_space(loaded.model.layout)[:1], data, calib_size=64, recalibrate=True, seed=0,
-                  batch_size=100, device=torch.device("cpu"), progress=False)
+    measure_plans(loaded, uniform_space(loaded.model.layout)[:1], data,
+                  EvalConfig(calib_size=64, batch_size=100, device="cpu"), progress=False)
     assert seen and set(seen) == {(3, 32, 32)}
     mobilenet = evaluation_data(load_model_like("mobilenet_v3_large"), "imagefolder", str(small_cifar))
     assert tuple(mobilenet.test[0][0].shape) == (3, 224, 224) and mobilenet.image_size == 224
@@ -112,8 +113,8 @@ def test_uniform_subnetworks_on_jpeg_images_match_an_independent_implementation(
     sd = {k.removeprefix("module."): v for k, v in read_checkpoint(CHECKPOINTS[model])["state_dict"].items()}
     data = evaluation_data(loaded, "imagefolder", str(small_cifar))
     plans = uniform_space(loaded.model.layout)
-    df = measure_plans(loaded, plans, data, calib_size=200, recalibrate=True, seed=3, batch_size=100,
-                       device=torch.device("cpu"), progress=False)
+    df = measure_plans(loaded, plans, data, EvalConfig(calib_size=200, calib_seed=3, batch_size=100, device="cpu"),
+                       progress=False)
     x_test = torch.stack([x for x, _ in data.test])
     y_test = torch.tensor([int(y) for _, y in data.test])
     calib = [x for x, _ in make_loader(seeded_subset(data.train_plain, 200, 3), 100)]
@@ -127,6 +128,70 @@ def test_uniform_subnetworks_on_jpeg_images_match_an_independent_implementation(
             expected = 100.0 * (functional_resnet_cifar(sd, x_test, depth, stats).argmax(1) == y_test).float().mean()
         assert abs(top1 - expected.item()) <= 0.5, (depth, top1, expected.item())
     assert df["top1"].iloc[-1] >= 75  # the whole network: the comparison is of a working model
+
+
+def real_folder(cifar_jpeg: Path, root: Path, per_class: dict[str, int]) -> Path:
+    """An image folder linking the first `per_class[split]` real JPEGs of each class."""
+    for split, count in per_class.items():
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for path in sorted((cifar_jpeg / split / name).iterdir())[:count]:
+                os.symlink(path, root / split / name / path.name)
+    return root
+
+
+def measure_main(run_cli, data_dir: Path, out: Path) -> float:
+    """ResNet-20's top-1 on `data_dir`'s test images, as `loafing measure` reports it."""
+    code, _, err = run_cli("measure", "--ckpt", CHECKPOINTS["resnet20-cifar"], "--model", "resnet20-cifar",
+                           "--dataset", "imagefolder", "--data-dir", data_dir, "--plan", "[1,2,3] [4,5,6] [7,8,9]",
+                           "--no-recalibrate", "--device", "cpu", "--out", out, "--quiet")
+    assert code == 0, err
+    return pd.read_csv(out)["top1"].item()
+
+
+def test_a_small_first_image_does_not_shrink_the_others(run_cli, cifar_jpeg, tmp_path):
+    """The first file of a folder of real 32x32 JPEGs replaced by a 16x16 copy: every image is framed alone by the
+    recipe (as decoding it alone would), on the CPU and in the device-resident split."""
+    from PIL import Image
+
+    from loafing.data import decode_image, load_dataset
+    from loafing.device_data import resident_split
+    from loafing.recipes import RECIPES
+
+    root = real_folder(cifar_jpeg, tmp_path / "data", {"test": 50, "train": 5})
+    for split in ("test", "train"):
+        first = sorted((root / split / CLASSES[0]).iterdir())[0]
+        small = Image.open(first).resize((16, 16))
+        first.unlink()
+        small.save(first)
+    assert measure_main(run_cli, root, tmp_path / "m.csv") >= 75  # 10.67 when the first image set every image's size
+    data = load_dataset("imagefolder", str(root), recipe="cifar")
+    frame = RECIPES["cifar"].transforms(32)[1]
+    assert tuple(decode_image(data.test.source.files[0]).shape) == (3, 16, 16)
+    for i, path in enumerate(data.test.source.files):
+        assert torch.equal(data.test[i][0], frame(decode_image(path)))
+    split = resident_split(data.train, "cifar", 32)
+    for i in range(len(data.train)):
+        assert torch.equal(split.images[i], (data.train_plain[i][0] * 255).round().to(torch.uint8))
+
+
+def test_sixteen_bit_pngs_measure_as_their_8_bit_originals(run_cli, cifar_jpeg, tmp_path):
+    """Real test images in grey as 8-bit PNGs and as 16-bit ones (value x 257): the same numbers, not white images."""
+    import numpy as np
+    from PIL import Image
+
+    for split, count in (("test", 10), ("train", 1)):
+        for name in CLASSES:
+            for bits in (8, 16):
+                (tmp_path / f"grey{bits}" / split / name).mkdir(parents=True)
+            for path in sorted((cifar_jpeg / split / name).iterdir())[:count]:
+                grey = np.asarray(Image.open(path).convert("L"))
+                Image.fromarray(grey).save(tmp_path / "grey8" / split / name / f"{path.stem}.png")
+                wide = Image.fromarray(grey.astype(np.uint16) * 257)
+                wide.save(tmp_path / "grey16" / split / name / f"{path.stem}.png")
+    assert Image.open(next((tmp_path / "grey16" / "test" / "cat").iterdir())).mode == "I;16"
+    eight = measure_main(run_cli, tmp_path / "grey8", tmp_path / "grey8.csv")
+    assert measure_main(run_cli, tmp_path / "grey16", tmp_path / "grey16.csv") == eight and eight >= 50
 
 
 class RunsCode:

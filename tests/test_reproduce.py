@@ -5,26 +5,29 @@ import pandas as pd
 import pytest
 import torch
 
-from loafing.analyses import get_preset, presets
 from loafing.checkpoint import load_model
 from loafing.data import load_dataset, make_loader, seeded_subset
 from loafing.evaluate import evaluate_plans_one_by_one
 from loafing.figures import FIGURES, make_figures
 from loafing.models import create_model
+from loafing.errors import LoafingError
+from loafing.measure import measure_plans
 from loafing.plans import ordered_space, parse_plan
-from loafing.reproduce import Preset, RunSpec, reproduce
+from loafing.reproduce import Preset, RunSpec, dry_run_text, reproduce
+from loafing.studies import InsideSpec, builtin_study, study_names
 from loafing.train import check_config
-from loafing.config import TrainConfig
+from loafing.config import TrainConfig, flat_settings, make_train_config
+from loafing.eval_config import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = TrainConfig(model="resnet20-cifar", epochs=1, lr=0.1, kl_probe_size=64, calib_size=64, kl_plans=4)
+BASE = dict(model="resnet20-cifar", epochs=1, lr=0.1, kl_probe_size=64, monitor_calib_size=64, kl_plans=4)
 
 
 def tiny_preset(calib_size: int = 128) -> Preset:
-    runs = (RunSpec("ct", dataclasses.replace(BASE, method="ct", kl_every=1), destruct=True),
-            RunSpec("st", dataclasses.replace(BASE, method="st", kl_every=1), destruct=True),
-            RunSpec("alone", dataclasses.replace(BASE, method="ct", plan="[1] [4] [7]")))
-    return Preset("tiny", "test", runs, calib_size=calib_size, max_combos=5, train_images=1347)
+    runs = (RunSpec("ct", make_train_config({**BASE, "method": "ct", "kl_every": 1}), destruct=True),
+            RunSpec("st", make_train_config({**BASE, "method": "st", "kl_every": 1}), destruct=True),
+            RunSpec("alone", make_train_config({**BASE, "method": "ct", "plan": "[1] [4] [7]"})))
+    return Preset("tiny", "test", runs, evaluation=EvalConfig(calib_size=calib_size), max_combos=5, train_images=1347)
 
 
 def mtimes(folder):
@@ -87,29 +90,32 @@ def test_reproduce_reuses_completed_work_and_finishes_interrupted_work(reproduce
 
 
 def test_every_preset_is_valid_for_its_model():
-    for name, preset in presets().items():
+    for name in study_names():
+        preset = builtin_study(name)
         assert len({r.name for r in preset.runs}) == len(preset.runs), name
         methods = [(r.config.method, r.config.seed) for r in preset.runs if not r.config.plan]
-        assert ("ct", 0) in methods and ("st", 0) in methods, name
+        if preset.inside is None:  # the studies of CT vs ST (the others measure networks inside others)
+            assert ("ct", 0) in methods and ("st", 0) in methods, name
         for run in preset.runs:
             if run.config.plan:
                 model = create_model(run.config.model, 10, run.config.width_mult)
                 model.check_plan(parse_plan(run.config.plan))
                 assert parse_plan(run.config.plan) != model.layout.main_plan
             check_config(dataclasses.replace(run.config, out="x"))
-    quick = get_preset("quick")
+    quick = builtin_study("quick")
     # Sub-networks trained alone, in the paper's Table r1 layer indices.
     assert {r.config.plan for r in quick.runs if r.config.plan} == {
         "[1] [3] [6] [10] [12]", "[1] [3,4] [6,7] [10] [12,13]", "[1,2] [3,4] [6,7,8] [10,11] [12,13]"}
     assert {r.config.seed for r in quick.runs if r.config.method == "ct" and not r.config.plan} == {0, 1}
-    assert {r.config.space_size for r in quick.runs} == {None, 6, 48}
-    assert len({r.config.lam for r in quick.runs if r.config.method == "st"}) >= 3
+    settings = [flat_settings(r.config) for r in quick.runs]
+    assert {s.get("space_size") for s in settings} == {None, 6, 48}
+    assert len({s["lam"] for s in settings if s["method"] == "st"}) >= 3
 
 
 def test_cli_dry_run_and_bad_preset(run_cli, tmp_path):
     code, out, _ = run_cli("reproduce", "--preset", "paper-mbv3-cifar100", "--dry-run")
     assert code == 0
-    preset = get_preset("paper-mbv3-cifar100")
+    preset = builtin_study("paper-mbv3-cifar100")
     assert all(r.name in out for r in preset.runs) and "GPU-hours" in out
     code, out, err = run_cli("reproduce", "--preset", "nope", "--out", tmp_path / "x")
     assert code == 2 and "unknown preset 'nope'" in err and "quick" in err and len(err.strip().splitlines()) == 1
@@ -119,6 +125,50 @@ def test_cli_dry_run_and_bad_preset(run_cli, tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "y").exists()
     code, _, err = run_cli("figures", "--results", tmp_path / "none", "--out", tmp_path / "f")
     assert code == 2 and "does not exist" in err
+
+
+def test_a_study_file_and_its_preset_name_print_the_same_plan(run_cli):
+    code, by_file, _ = run_cli("reproduce", "--study", ROOT / "analyses" / "quick.toml", "--dry-run")
+    assert code == 0
+    code, by_name, _ = run_cli("reproduce", "--preset", "quick", "--dry-run")
+    assert code == 0 and by_file == by_name == dry_run_text(builtin_study("quick")) + "\n"
+
+
+def foreign_checkpoint(path: Path, model: str) -> Path:
+    """An akamaster-format file of a freshly initialized network (what Fig. 1's study reads)."""
+    net = create_model(model, 10).net
+    torch.save({"best_prec1": 0.0, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+    return path
+
+
+def test_an_inside_study_measures_foreign_checkpoints_inside_each_other_and_reuses_its_grid(tmp_path, digits):
+    small = foreign_checkpoint(tmp_path / "r20.th", "resnet20-cifar")
+    big = foreign_checkpoint(tmp_path / "r32.th", "resnet32-cifar")
+    evaluation = EvalConfig(calib_size=64, batch_size=128)
+    inside = InsideSpec(checkpoints=(f"resnet20-cifar={small}", f"resnet32-cifar={big}"), dataset="digits")
+    study = Preset("tiny-fig1", "test", (), evaluation=evaluation, inside=inside, figures=("fig1", "inside"))
+    out = tmp_path / "out"
+    summary, figures = reproduce(study, out, device="cpu", jobs=1, progress=False)
+    assert summary.empty and {f.name for f in figures if not f.skipped} == {"fig1", "inside"}
+    grid = pd.read_csv(out / "results" / "measure.csv")
+    assert set(grid["space"]) == {"inside"} and set(grid["calib_size"]) == {64}
+    assert sorted(zip(grid["run"], grid["plan"])) == [
+        ("r20", "[1,2,3] [4,5,6] [7,8,9]"), ("r32", "[1,2,3,4,5] [6,7,8,9,10] [11,12,13,14,15]"),
+        ("r32", "[1,2,3] [6,7,8] [11,12,13]")]
+    # Each number is the checkpoint's own, measured directly with the study's settings.
+    for run, path, model in (("r20", small, "resnet20-cifar"), ("r32", big, "resnet32-cifar")):
+        loaded = load_model(path, model)
+        plans = [parse_plan(p) for p in grid.loc[grid["run"] == run, "plan"]]
+        direct = measure_plans(loaded, plans, digits, dataclasses.replace(evaluation, device="cpu"), progress=False)
+        assert grid.loc[grid["run"] == run, "top1"].tolist() == pytest.approx(direct["top1"].tolist(), abs=1e-9)
+    stamp = (out / "inside" / "measure.csv").stat().st_mtime_ns
+    reproduce(study, out, device="cpu", jobs=1, progress=False)
+    assert (out / "inside" / "measure.csv").stat().st_mtime_ns == stamp  # fresh: not measured again
+
+    missing = dataclasses.replace(study, inside=InsideSpec(checkpoints=(str(big), str(tmp_path / "gone.th"))))
+    with pytest.raises(LoafingError, match="gone.th does not exist"):
+        reproduce(missing, tmp_path / "never", device="cpu", jobs=1, progress=False)
+    assert not (tmp_path / "never").exists()
 
 
 APPENDIX_FIGURES = {"fig3", "figr4", "figr5", "figr6", "figr7"}  # they need the appendix's methods
@@ -135,7 +185,7 @@ def test_every_figure_regenerates_from_the_committed_results(tmp_path):
 
 @pytest.mark.slow
 def test_quick_preset_shows_the_papers_qualitative_results(tmp_path):
-    reproduce(get_preset("quick"), tmp_path, device="cpu", progress=False)
+    reproduce(builtin_study("quick"), tmp_path, device="cpu", progress=False)
     results = tmp_path / "results"
     measure = pd.read_csv(results / "measure.csv")
     full = measure[measure["trained_plan"].isna() & measure["space_size"].isna() & (measure["lam"] == 1.0)]

@@ -13,9 +13,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from loafing.config import OptionSpec, make_train_config, train_option_specs  # noqa: E402
 from loafing.errors import LoafingError  # noqa: E402
 from loafing.figures import table_cost, table_main_and_subnetworks  # noqa: E402
-from loafing.methods import StepResult, TrainingMethod, TrainingStep, register_method, unregister_method  # noqa: E402
+from loafing.methods import (METHODS, StepResult, TrainingMethod, TrainingStep, register_method,  # noqa: E402
+                             unregister_method)
 from loafing.models import MODELS, ModelSpec, StagedModel, create_model, register_model, unregister_model  # noqa: E402
 from loafing.schema import TABLES, read_table, run_columns, write_table  # noqa: E402
 
@@ -124,7 +126,7 @@ def test_a_registered_model_and_method_train_measure_and_tabulate(registered, ru
     assert "tiny-test" in MODELS and MODELS["tiny-test"].layout().stage_sizes == (2, 2)
     for method in ("ct", "smooth"):
         code, _, err = run_cli("train", "--model", "tiny-test", "--method", method, "--epochs", 1, "--lr", 0.1,
-                               "--calib-size", 64, "--device", "cpu", "--out", tmp_path / method, "--quiet")
+                               "--monitor-calib-size", 64, "--device", "cpu", "--out", tmp_path / method, "--quiet")
         assert code == 0, err
         code, out, err = run_cli("measure", "--ckpt", tmp_path / method / "checkpoint.pt", "--calib-size", 64,
                                  "--out", tmp_path / f"{method}.csv", "--quiet")
@@ -146,14 +148,15 @@ def test_a_method_adds_a_run_column_to_every_table(tmp_path):
                                    lambda model, config, rng: TrainingStep(
                                        lambda x, y: StepResult(*(F.cross_entropy(model(x), y),) * 2,
                                                                torch.zeros(()))),
-                                   options=("space_seed",), run_columns={"space_seed": "Int64"}))
+                                   options=(OptionSpec("space_seed", int, 0, "a seed ST declares alike"),),
+                                   run_columns={"space_seed": "Int64"}))
     try:
         assert list(run_columns())[-1] == "space_seed"
         assert all("space_seed" in TABLES[t].dtypes() for t in TABLES)
-        from loafing.config import TrainConfig
         from loafing.train import train
-        train(TrainConfig(model="resnet20-cifar", method="tagged", space_seed=3, epochs=1, calib_size=32,
-                          device="cpu", out=str(tmp_path / "run")), progress=False)
+        train(make_train_config({"model": "resnet20-cifar", "method": "tagged", "space_seed": 3, "epochs": 1,
+                                 "monitor_calib_size": 32, "device": "cpu", "out": str(tmp_path / "run")}),
+              progress=False)
         assert read_table(tmp_path / "run" / "train_log.csv", "train_log")["space_seed"].tolist() == [3]
     finally:
         unregister_method("tagged")
@@ -161,14 +164,170 @@ def test_a_method_adds_a_run_column_to_every_table(tmp_path):
 
 
 def test_method_options_belong_to_their_method(tmp_path):
-    from loafing.config import TrainConfig
     from loafing.train import train
     with pytest.raises(LoafingError, match="--lam needs --method st"):
-        train(TrainConfig(model="resnet20-cifar", method="ct", lam=5.0, out=str(tmp_path / "r")), progress=False)
+        train(make_train_config({"model": "resnet20-cifar", "method": "ct", "lam": 5.0, "out": str(tmp_path / "r")}),
+              progress=False)
     assert not (tmp_path / "r").exists()
 
 
-# ---------------------------------------------------------------- swaps that cannot fail silently
+# ---------------------------------------------------------------- a method is one file
+
+
+@pytest.fixture
+def throwaway():
+    """tests/throwaway_method.py: a whole method in one file, registered by importing it, removed afterwards."""
+    import importlib
+    import sys
+
+    assert "smoothed" not in METHODS
+    yield importlib.import_module("throwaway_method")
+    unregister_method("smoothed")
+    sys.modules.pop("throwaway_method", None)
+
+
+def test_a_method_in_one_file_trains_measures_and_draws(throwaway, tmp_path):
+    from loafing.checkpoint import load_model
+    from loafing.eval_config import EvalConfig
+    from loafing.figures import make_figures
+    from loafing.figures.style import method_styles
+    from loafing.measure import evaluation_data, measure_plans
+    from loafing.plans import get_space
+    from loafing.train import train, check_config
+
+    assert "--smoothing" in [o.flag for o in train_option_specs()]
+    results, parts = tmp_path / "results", {"measure": [], "train_log": []}
+    for method, options in (("ct", {}), ("smoothed", {"smoothing": 0.2})):
+        config = make_train_config({"model": "resnet20-cifar", "method": method, "epochs": 1, "lr": 0.1,
+                                    "train_size": 128, "monitor_calib_size": 32, "device": "cpu",
+                                    "out": str(tmp_path / method), **options})
+        train(config, progress=False)
+        loaded = load_model(tmp_path / method / "checkpoint.pt")
+        plans = get_space("uniform", loaded.model.layout)
+        parts["measure"].append(measure_plans(loaded, plans, evaluation_data(loaded), EvalConfig(
+            calib_size=32, batch_size=256, device="cpu"), space="uniform", progress=False))
+        parts["train_log"].append(read_table(tmp_path / method / "train_log.csv", "train_log"))
+    assert loaded.config["method_options"] == {"smoothing": 0.2}
+    results.mkdir()
+    for table, frames in parts.items():
+        write_table(pd.concat(frames, ignore_index=True), results / TABLES[table].file, table)
+
+    measure = read_table(results / "measure.csv", "measure")
+    mine, ct = measure[measure["method"] == "smoothed"], measure[measure["method"] == "ct"]
+    assert len(mine) == len(ct) == 3
+    assert set(mine["method_label"]) == {"Label smoothing"} and set(mine["method_colour"]) == {"#17becf"}
+    assert set(mine["method_order"]) == {list(METHODS).index("smoothed")} and set(mine["method_role"]) == {""}
+    assert mine["smoothing"].tolist() == [0.2] * 3 and ct["smoothing"].isna().all()
+    assert ct["lam"].isna().all() and set(ct["method_label"]) == {"CT"}
+    assert read_table(results / "train_log.csv", "train_log")["smoothing"].tolist()[-1] == 0.2
+    assert method_styles(measure)["smoothed"].colour == "#17becf"
+    outcomes = make_figures(results, tmp_path / "figures", ["table1", "figr2"])
+    assert [o.skipped for o in outcomes] == [None, None]
+    table1 = [path for o in outcomes for path in o.paths if o.name == "table1" and path.suffix in (".md", ".csv")]
+    assert table1 and all("Label smoothing" in path.read_text() for path in table1)
+
+    # What it refuses, before any work: its option under another method, --plan, its own check.
+    for settings, message in (({"method": "ct", "smoothing": 0.3}, "--smoothing needs --method smoothed"),
+                              ({"method": "smoothed", "plan": "[1] [4] [7]"}, "--plan needs --method ct"),
+                              ({"method": "smoothed", "amp": "bf16"}, "runs in float32 only")):
+        with pytest.raises(LoafingError, match=message.replace("[", r"\[")):
+            check_config(make_train_config({"model": "resnet20-cifar", "out": "x", **settings}))
+    unregister_method("smoothed")
+    assert "smoothing" not in run_columns() and "--smoothing" not in [o.flag for o in train_option_specs()]
+    # Its rows still read where it is not registered, its column typed by its cells.
+    assert read_table(results / "measure.csv", "measure").query("method == 'smoothed'")["smoothing"].tolist() == \
+        [0.2] * 3
+
+
+def test_options_declared_by_two_methods_must_agree():
+    def build(model, config, rng):
+        return TrainingStep(lambda x, y: None)
+
+    def method(name, **kwargs):
+        return TrainingMethod(name, name.upper(), "#000000", "a method that cannot register", build, **kwargs)
+
+    with pytest.raises(ValueError, match="option 'lam' is int .* but 'st' declares it float"):
+        register_method(method("other-lam", options=(OptionSpec("lam", int, 1, "x"),)))
+    with pytest.raises(ValueError, match="'epochs' is a TrainConfig setting"):
+        register_method(method("epochs", options=(OptionSpec("epochs", int, 1, "x"),)))
+    with pytest.raises(ValueError, match="run column 'tag' is not one of its options"):
+        register_method(method("tagless", run_columns={"tag": "str"}))
+    assert not {"other-lam", "epochs", "tagless"} & set(METHODS)
+    assert [o.flag for o in train_option_specs()].count("--lam") == 1
+
+
+def test_configuration_and_schema_import_no_method_and_no_torch():
+    import subprocess
+    import sys
+    code = ("import sys, loafing.config, loafing.schema, loafing.legacy; "
+            "assert not {m for m in sys.modules if m == 'torch' or m.startswith('loafing.methods')}")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    train_py = (ROOT / "loafing" / "train.py").read_text()
+    assert not any(name in train_py for name in ('"st"', "'st'", '"ct"', "'ct'"))
+
+
+# Rows copied from the committed results as they were written before rows carried their method's style
+# (quick: CT, ST, ST-6, ST at λ 3, a sub-network trained alone; appendix-quick: stochastic depth, ST raw; fig1: a
+# foreign checkpoint).
+OLD_MEASURE = """\
+run,model,width_mult,method,lam,seed,dataset,trained_plan,space_size,sampling,plan,depths,n_blocks,is_main,top1,top5,loss,n_examples,kl,recalibrated,calib_size,calib_seed,space
+ct-seed0,mobilenet_v3_large,0.5,ct,1.0,0,digits,,,,[1] [3] [6] [10] [12],1-1-1-1-1,5,False,40.888888888888886,94.88888888888889,1.925817396375868,450,1.8293547905815972,True,500,0,ordered
+st-seed0,mobilenet_v3_large,0.5,st,1.0,0,digits,,,ordered,[1] [3] [6] [10] [12],1-1-1-1-1,5,False,94.22222222222223,99.55555555555556,0.1865740203857422,450,0.11087670644124349,True,500,0,ordered
+st-space6-seed0,mobilenet_v3_large,0.5,st,1.0,0,digits,,6,ordered,[1] [3] [6] [10] [12],1-1-1-1-1,5,False,96.0,99.55555555555556,0.12565094417995876,450,0.07563102298312717,True,500,0,ordered
+st-lam3-seed0,mobilenet_v3_large,0.5,st,3.0,0,digits,,,ordered,[1] [3] [6] [10] [12],1-1-1-1-1,5,False,92.44444444444444,99.11111111111111,0.3522919040256076,450,0.09257218254937066,True,500,0,ordered
+alone1-seed0,mobilenet_v3_large,0.5,ct,1.0,0,digits,[1] [3] [6] [10] [12],,,[1] [3] [6] [10] [12],1-1-1-1-1,5,True,98.22222222222223,100.0,0.05184250937567817,450,0.0,True,500,0,plans
+stochastic-depth-seed0,mobilenet_v3_large,0.5,stochastic-depth,1.0,0,digits,,,,[1] [3] [6] [10] [12],1-1-1-1-1,5,False,52.888888888888886,89.11111111111111,1.818955078125,450,1.6423442247178819,True,500,0,ordered
+st-raw-seed0,mobilenet_v3_large,0.5,st,1.0,0,digits,,,raw,[1] [3] [6] [10] [12],1-1-1-1-1,5,False,79.33333333333333,98.44444444444444,0.6247766452365452,450,0.44155180189344617,True,500,0,ordered
+resnet20-12fca82f,resnet20-cifar,1.0,external,,,imagefolder,,,,"[1,2,3] [4,5,6] [7,8,9]",3-3-3,9,True,79.26,98.41,0.9334686711311341,10000,0.0,True,2000,0,inside
+"""
+
+
+def test_a_table_in_the_old_layout_reads_with_its_methods_styles(tmp_path):
+    (tmp_path / "old.csv").write_text(OLD_MEASURE)
+    df = read_table(tmp_path / "old.csv", "measure")
+    assert list(df.columns[:len(TABLES["measure"].dtypes())]) == list(TABLES["measure"].dtypes())
+    by_run = df.set_index("run")
+    expected = {"ct-seed0": ("CT", "#4c72b0", "conventional", 0), "st-seed0": ("ST", "#c44e52", "stimulative", 1),
+                "alone1-seed0": ("CT", "#4c72b0", "conventional", 0),
+                "stochastic-depth-seed0": ("Stochastic depth", "#55a868", "", 2),
+                "resnet20-12fca82f": ("foreign checkpoint", "#8c8c8c", "conventional", None)}
+    for run, (label, colour, role, order) in expected.items():
+        row = by_run.loc[run]
+        assert (row["method_label"], row["method_colour"], row["method_role"]) == (label, colour, role), run
+        assert (pd.isna(row["method_order"]) if order is None else row["method_order"] == order), run
+    # Only ST's rows keep lam, space_size and sampling: CT rows carried lam=1.0 without reading it.
+    assert by_run.loc[["ct-seed0", "alone1-seed0", "stochastic-depth-seed0", "resnet20-12fca82f"], "lam"].isna().all()
+    assert by_run.loc[["st-seed0", "st-space6-seed0", "st-lam3-seed0"], "lam"].tolist() == [1.0, 1.0, 3.0]
+    assert by_run.loc["st-space6-seed0", "space_size"] == 6 and pd.isna(by_run.loc["st-seed0", "space_size"])
+    assert by_run.loc[["st-raw-seed0", "ct-seed0"], "sampling"].tolist() == ["raw", ""]
+    assert by_run.loc["alone1-seed0", "trained_plan"] == "[1] [3] [6] [10] [12]"
+    write_table(df, tmp_path / "new.csv", "measure")  # once migrated, a round trip changes nothing
+    assert read_table(tmp_path / "new.csv", "measure").equals(df)
+
+
+def test_an_old_flat_configuration_still_loads_and_is_the_same_run(tmp_path):
+    import json
+
+    from loafing.config import config_from_dict
+    from loafing.reproduce import has_config
+
+    saved = {"model": "resnet20-cifar", "method": "st", "lam": 3.0, "space_size": None, "space_seed": 0,
+             "st_step": "shared", "sampling": "ordered", "sd_survival": 0.9, "sd_mode": "batch", "kd_temperature": 3.0,
+             "calib_size": 64, "plan": None, "epochs": 1, "out": str(tmp_path)}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    wanted = make_train_config({"model": "resnet20-cifar", "method": "st", "lam": 3, "monitor_calib_size": 64,
+                                "epochs": 1, "out": str(tmp_path)})
+    assert wanted.method_options == {"lam": 3.0, "space_size": None, "space_seed": 0, "st_step": "shared",
+                                     "sampling": "ordered"}
+    assert has_config(tmp_path, wanted)
+    assert not has_config(tmp_path, make_train_config({"model": "resnet20-cifar", "method": "st", "lam": 1.0,
+                                                       "monitor_calib_size": 64, "epochs": 1, "out": str(tmp_path)}))
+    with pytest.raises(LoafingError, match="--sd-mode needs --method stochastic-depth"):
+        config_from_dict({**saved, "sd_mode": "row"})
+
+
+# ---------------------------------------------------------------- normalization layers kept as they are
 
 
 class FusedBatchNormAct(nn.BatchNorm2d):
@@ -178,12 +337,23 @@ class FusedBatchNormAct(nn.BatchNorm2d):
         return F.relu(super().forward(x))
 
 
-@pytest.mark.parametrize("norm", [FusedBatchNormAct, nn.SyncBatchNorm, nn.BatchNorm1d,
-                                  lambda c: nn.InstanceNorm2d(c, track_running_stats=True)])
-def test_models_with_other_batch_statistics_layers_are_refused(norm):
-    net = nn.ModuleDict({"stem": nn.Sequential(nn.Conv2d(3, 4, 1), norm(4)), "block": nn.Conv2d(4, 4, 1),
-                         "head": nn.Sequential(nn.Flatten(), nn.LazyLinear(2))})
-    with pytest.raises(LoafingError, match="layers are not supported: .* nn.BatchNorm2d only"):
+def one_norm_net(norm):
+    return nn.ModuleDict({"stem": nn.Sequential(nn.Conv2d(3, 4, 1), norm(4)), "block": nn.Conv2d(4, 4, 1),
+                          "head": nn.Sequential(nn.Flatten(), nn.LazyLinear(2))})
+
+
+@pytest.mark.parametrize("norm", [FusedBatchNormAct, nn.SyncBatchNorm, nn.BatchNorm1d])
+def test_batch_norm_subclasses_are_kept_and_made_segment_aware(norm):
+    from loafing.segments import is_segment_aware
+    net = one_norm_net(norm)
+    model = StagedModel(net, [net["block"]], (1,), (True,), stem=net["stem"], head=net["head"])
+    layer = model.net["stem"][1]
+    assert type(layer) is norm and is_segment_aware(layer)
+
+
+def test_instance_norm_with_running_statistics_is_refused():
+    net = one_norm_net(lambda c: nn.InstanceNorm2d(c, track_running_stats=True))
+    with pytest.raises(LoafingError, match="layers with running statistics are not supported"):
         StagedModel(net, [net["block"]], (1,), (True,), stem=net["stem"], head=net["head"])
 
 
@@ -195,7 +365,7 @@ def test_per_example_normalization_is_accepted():
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_registered_model_uses_only_supported_layers(name):
-    from loafing.segments import SegmentedBatchNorm2d
+    from loafing.segments import is_segment_aware
     model = create_model(name, 10)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
-    assert norms and all(type(m) is SegmentedBatchNorm2d for m in norms)
+    assert norms and all(type(m) is nn.BatchNorm2d and is_segment_aware(m) for m in norms)

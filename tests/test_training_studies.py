@@ -1,5 +1,6 @@
 import copy
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,7 +11,8 @@ from loafing.destruct import delete_many, permute
 from loafing.measure import measure_plans
 from loafing.models import MODELS, create_model
 from loafing.plans import ordered_space, parse_plan, restricted_ordered_space, sample_ordered_plan
-from loafing.config import TrainConfig
+from loafing.config import make_train_config
+from loafing.eval_config import EvalConfig
 from loafing.methods import st_loss_shared, st_loss_simple
 from loafing.train import train
 
@@ -55,9 +57,10 @@ def test_recording_kl_and_test_accuracy_does_not_change_what_is_trained(tmp_path
     """MobileNetV3's head has dropout: the evaluations' BN calibration must not shift the training's random stream."""
     weights = {}
     for name, kl_every in (("plain", 0), ("recorded", 1)):
-        train(TrainConfig(model="mobilenet_v3_large", width_mult=0.5, method="st", epochs=2, lr=0.05, device="cpu",
-                          kl_every=kl_every, kl_plans=3, kl_probe_size=50, calib_size=64, channels_last=True,
-                          out=str(tmp_path / name)), progress=False)
+        train(make_train_config(dict(model="mobilenet_v3_large", width_mult=0.5, method="st", epochs=2, lr=0.05,
+                                     device="cpu", kl_every=kl_every, kl_plans=3, kl_probe_size=50,
+                                     monitor_calib_size=64, channels_last=True, out=str(tmp_path / name))),
+              progress=False)
         weights[name] = load_model(tmp_path / name / "checkpoint.pt").model.state_dict()
     assert all(torch.equal(weights["plain"][k], weights["recorded"][k]) for k in weights["plain"])
     assert (tmp_path / "recorded" / "kl_trajectory.csv").exists()
@@ -79,9 +82,9 @@ def test_restricted_space_is_seeded_and_contains_smallest_and_main():
 def kl_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("kl")
     for method, extra in (("ct", {}), ("st", {"space_size": 6})):
-        train(TrainConfig(model="resnet20-cifar", method=method, epochs=2, lr=0.1, device="cpu", kl_every=1,
-                          kl_plans=8, kl_probe_size=100, calib_size=100, out=str(root / method), **extra),
-              progress=False)
+        train(make_train_config(dict(model="resnet20-cifar", method=method, epochs=2, lr=0.1, device="cpu",
+                                     kl_every=1, kl_plans=8, kl_probe_size=100, monitor_calib_size=100,
+                                     out=str(root / method), **extra)), progress=False)
     return root
 
 
@@ -98,8 +101,8 @@ def test_kl_trajectory_and_cost_columns(kl_runs):
 
 def test_subnetwork_trained_alone_is_measured_on_its_plan(tmp_path, digits):
     plan = "[1] [4] [7,8]"
-    train(TrainConfig(model="resnet20-cifar", method="ct", plan=plan, epochs=1, lr=0.1, device="cpu", calib_size=64,
-                      out=str(tmp_path / "alone")), progress=False)
+    train(make_train_config(dict(model="resnet20-cifar", method="ct", plan=plan, epochs=1, lr=0.1, device="cpu",
+                                 monitor_calib_size=64, out=str(tmp_path / "alone"))), progress=False)
     loaded = load_model(tmp_path / "alone" / "checkpoint.pt")
     untouched = create_model("resnet20-cifar", 10)
     torch.manual_seed(0)
@@ -108,8 +111,8 @@ def test_subnetwork_trained_alone_is_measured_on_its_plan(tmp_path, digits):
     assert torch.equal(loaded.model.block(9).conv1.weight, fresh.block(9).conv1.weight)
     assert not torch.equal(loaded.model.block(8).conv1.weight, fresh.block(8).conv1.weight)
     del untouched
-    df = measure_plans(loaded, [parse_plan(plan)], digits, calib_size=200, recalibrate=True, seed=0,
-                       batch_size=256, device=torch.device("cpu"), progress=False)
+    df = measure_plans(loaded, [parse_plan(plan)], digits, EvalConfig(calib_size=200, recalibrate=True, calib_seed=0,
+                                                                      batch_size=256, device="cpu"), progress=False)
     row = df.iloc[0]
     assert row["trained_plan"] == plan == row["plan"] and row["is_main"] and row["kl"] == pytest.approx(0, abs=1e-6)
     log = pd.read_csv(tmp_path / "alone" / "train_log.csv")
@@ -120,8 +123,8 @@ def test_resume_is_bit_identical(tmp_path, interrupted_training):
     import loafing.train as train_module
 
     def config(out):
-        return TrainConfig(model="resnet20-cifar", method="st", epochs=3, lr=0.1, device="cpu", kl_every=2,
-                           kl_plans=3, kl_probe_size=50, calib_size=50, out=str(out))
+        return make_train_config(dict(model="resnet20-cifar", method="st", epochs=3, lr=0.1, device="cpu",
+                                      kl_every=2, kl_plans=3, kl_probe_size=50, monitor_calib_size=50, out=str(out)))
 
     train(config(tmp_path / "full"), progress=False)
     interrupted_training(config(tmp_path / "cut"), epoch=3)
@@ -145,12 +148,14 @@ def test_atomic_writes_leave_the_previous_file_whole(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint.pt"
     io.save_torch({"epoch": 1}, target)
 
-    def broken_save(obj, path):
-        with open(path, "wb") as f:
-            f.write(b"half a checkp")
+    def broken_save(obj, file):  # a path, or the open temporary file save_torch hands it
+        if isinstance(file, (str, Path)):
+            file = open(file, "wb")
+        file.write(b"half a checkp")
+        file.flush()
         raise OSError("disk full")
 
-    monkeypatch.setattr(io.torch, "save", broken_save)
+    monkeypatch.setattr(torch, "save", broken_save)  # save_torch imports torch when it saves
     with pytest.raises(OSError):
         io.save_torch({"epoch": 2}, target)
     monkeypatch.undo()
@@ -173,8 +178,8 @@ def test_bad_training_options(tmp_path, kwargs, message):
     from loafing.errors import LoafingError
 
     with pytest.raises(LoafingError, match=message.replace("[", r"\[")):
-        train(TrainConfig(model="resnet20-cifar", epochs=1, device="cpu", out=str(tmp_path / "r"), **kwargs),
-              progress=False)
+        train(make_train_config(dict(model="resnet20-cifar", epochs=1, device="cpu", out=str(tmp_path / "r"),
+                                     **kwargs)), progress=False)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
@@ -198,8 +203,8 @@ def test_channels_last_step_gives_the_same_gradients():
 
 def test_channels_last_and_bn_momentum_options_in_training(tmp_path):
     def run(name, **options):
-        config = TrainConfig(model="resnet20-cifar", method="st", epochs=1, lr=0.1, device="cpu",
-                             out=str(tmp_path / name), **options)
+        config = make_train_config(dict(model="resnet20-cifar", method="st", epochs=1, lr=0.1, device="cpu",
+                                        out=str(tmp_path / name), **options))
         log = train(config, progress=False)
         return log, load_model(tmp_path / name / "checkpoint.pt").model.state_dict()
 
@@ -217,8 +222,8 @@ def test_st_keeps_kl_small_while_ct_grows_on_digits(tmp_path):
     """Fig. 7 on digits: median KL over plans at the last epoch, ST at most a third of CT."""
     medians = {}
     for method in ("ct", "st"):
-        train(TrainConfig(model="mobilenet_v3_large", width_mult=0.5, method=method, epochs=30, seed=0,
-                          device="cpu", kl_every=5, out=str(tmp_path / method)), progress=False)
+        train(make_train_config(dict(model="mobilenet_v3_large", width_mult=0.5, method=method, epochs=30, seed=0,
+                                     device="cpu", kl_every=5, out=str(tmp_path / method))), progress=False)
         kl = pd.read_csv(tmp_path / method / "kl_trajectory.csv")
         medians[method] = kl.groupby("epoch")["kl"].median()
     print(pd.DataFrame(medians))

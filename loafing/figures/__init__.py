@@ -7,6 +7,7 @@ its columns it needs. `make_figures` draws any of them from a results folder; it
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,16 +16,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loafing.errors import LoafingError
-from loafing.figures.plots import (destruct_beside, plot_destruct, plot_inside_vs_alone, plot_kl, plot_lambda,
-                                   plot_methods_subnetworks, plot_sampling_rules, plot_space_size, plot_subnetworks,
-                                   plot_trajectories)
+from loafing.figures.dynamics import plot_kl, plot_trajectories
+from loafing.figures.plots import (plot_inside_vs_alone, plot_lambda, plot_methods_subnetworks, plot_sampling_rules,
+                                   plot_space_size, plot_subnetworks)
+from loafing.figures.robustness import destruct_beside, plot_destruct
 from loafing.figures.select import NotEnoughData, require_columns
 from loafing.figures.tables import (markdown_table, render_table, table_cost, table_inside_grid,
                                     table_main_and_subnetworks, table_methods)
 from loafing.io import atomic_path
 from loafing.schema import TABLES, read_table
 
-RUN = ("run", "method", "lam", "seed", "trained_plan", "space_size")  # what every figure needs to tell runs apart
+RUN = ("run", "method", "seed", "trained_plan")  # what every figure needs to tell runs apart
 MEASURED = (*RUN, "plan", "is_main", "top1")
 
 
@@ -99,9 +101,15 @@ def split_groups(df: pd.DataFrame, group_by: Sequence[str]) -> list[tuple[str, s
     for keys, rows in groups:
         keys = keys if isinstance(keys, tuple) else (keys,)
         names = [str(k) for k in keys]
-        suffix = "" if len(groups) == 1 else "-" + "-".join(names)
+        suffix = "" if len(groups) == 1 else "-" + "-".join(safe_name(name) for name in names)
         out.append((suffix, ", ".join(names), keys, rows))
     return out
+
+
+def safe_name(text: str) -> str:
+    """`text` as part of a file name: anything but letters, digits, '.', '_', '+', '=' and '-' becomes '_', so a value
+    read from a CSV (a data set called 'x/../y') can never name a file outside the output folder."""
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", text) or "_"
 
 
 def _same_group(df: pd.DataFrame, group_by: Sequence[str], keys: tuple) -> pd.DataFrame:
@@ -162,6 +170,9 @@ def make_figures(results_dir: str | Path, out_dir: str | Path,
                 result = spec.function(rows, *(_same_group(tables[t], spec.group_by, keys) for t in spec.also))
             except NotEnoughData as reason:
                 outcomes.append(FigureOutcome(name, [], str(reason), suffix.lstrip("-")))
+                continue
+            if spec.kind == "table" and result.empty:
+                outcomes.append(FigureOutcome(name, [], "no rows to show", suffix.lstrip("-")))
                 continue
             title = f"{spec.title}\n{context}"
             png = out_dir / f"{name}{suffix}.png"

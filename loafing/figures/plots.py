@@ -10,24 +10,11 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from loafing.figures.select import (ALONE, ALONE_LABEL, NotEnoughData, add_scheme, add_space_size, architecture_name,
-                                    at_reference_lam, conventionally_trained, ct_and_st, full_runs, is_blank, label_palette,
-                                    of_methods, ordered_sampling, per_run_subnetwork_stats, scheme_colour, scheme_order)
-
-
-def use_style() -> None:
-    """Apply the one plotting style every figure shares."""
-    sns.set_theme(style="whitegrid", context="paper")
-
-
-def _figure_legend(fig: Figure, axes: Sequence[Axes], ncols: int | None = None) -> None:
-    """Replace the axes' legends by one figure legend below the panels."""
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes:
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=ncols or min(len(labels), 6), frameon=False)
+from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam,
+                                    conventional_and_stimulative, conventionally_trained, full_runs, label_palette,
+                                    network_names, of_methods, ordered_sampling, per_run_subnetwork_stats)
+from loafing.figures.style import (ALONE, ALONE_LABEL, CONVENTIONAL, STIMULATIVE, figure_legend, is_blank,
+                                   schemes_of, use_style)
 
 
 def _categorical_x(values: Sequence[float]) -> dict[float, int]:
@@ -66,17 +53,18 @@ def plot_inside_vs_alone(measure: pd.DataFrame) -> Figure:
     # One value per run and architecture, so the error bars are over seeds.
     per_run = both.groupby(["group", "depths", "run"], as_index=False).agg(top1=("top1", "mean"),
                                                                             n_blocks=("n_blocks", "first"))
+    known = network_names(both)
     labels = {}
     for depths, rows in both.groupby("depths"):
-        names = {architecture_name(model, depths) for model in set(rows["model"])}
-        labels[depths] = names.pop() if len(names) == 1 and None not in names else depths
+        names = {known[(model, depths)] for model in set(rows["model"])}
+        labels[depths] = names.pop() if len(names) == 1 else depths
     per_run["architecture"] = per_run["depths"].map(labels)
     order = [labels[d] for d in per_run.sort_values(["n_blocks", "depths"])["depths"].drop_duplicates()]
     host_blocks = ct[main & is_blank(ct["trained_plan"])].groupby("model")["n_blocks"].max()
     hosts = sorted(set(inside["model"]), key=lambda m: (host_blocks.get(m, 0), m))
     hue_order = [ALONE_LABEL] + [f"inside {m}" for m in hosts]
     host_colours = sns.color_palette("Blues_d", n_colors=len(hosts))
-    palette = {ALONE_LABEL: scheme_colour(ALONE)}
+    palette = {ALONE_LABEL: schemes_of(measure).colour(ALONE)}
     palette.update({f"inside {m}": colour for m, colour in zip(hosts, host_colours)})
 
     use_style()
@@ -85,21 +73,23 @@ def plot_inside_vs_alone(measure: pd.DataFrame) -> Figure:
                 palette=palette, errorbar="sd", capsize=0.1, ax=ax)
     ax.set_xlabel("architecture")
     ax.set_ylabel("top-1 (%)")
-    _figure_legend(fig, [ax])
+    figure_legend(fig, [ax])
     return fig
 
 
 def plot_subnetworks(measure: pd.DataFrame) -> Figure:
     """Fig. 4: top-1 of every ordered sub-network, CT vs each ST scheme, with sub-networks trained alone as stars."""
-    full = add_space_size(at_reference_lam(full_runs(ct_and_st(measure))))
-    st_labels = scheme_order([label for label in full["label"] if label.startswith("ST")])
-    if "CT" not in set(full["label"]) or not st_labels:
+    schemes = schemes_of(measure)
+    ct_label, st_label = schemes.role_label(CONVENTIONAL), schemes.role_label(STIMULATIVE)
+    full = add_space_size(at_reference_lam(full_runs(conventional_and_stimulative(measure))))
+    st_labels = schemes.order([label for label in full["label"] if st_label and label.startswith(st_label)])
+    if ct_label not in set(full["label"]) or not st_labels:
         raise NotEnoughData("needs a CT run and at least one ST run")
     plan_order = full.drop_duplicates("plan").sort_values(["n_blocks", "plan"])
     x_of_plan = {plan: x for x, plan in enumerate(plan_order["plan"])}
     mean_per_plan = full.groupby(["label", "plan"], as_index=False)["top1"].mean()
     mean_per_plan["x"] = mean_per_plan["plan"].map(x_of_plan)
-    palette = label_palette(full)
+    palette = label_palette(full, schemes)
     alone = measure[~is_blank(measure["trained_plan"]) & measure["plan"].isin(set(x_of_plan))]
     alone_per_plan = alone.groupby("plan", as_index=False)["top1"].mean()
     alone_per_plan["x"] = alone_per_plan["plan"].map(x_of_plan)
@@ -110,14 +100,14 @@ def plot_subnetworks(measure: pd.DataFrame) -> Figure:
     fig, axes = plt.subplots(1, len(st_labels), figsize=(6.0 * len(st_labels), 3.8), sharey=True,
                              squeeze=False, layout="constrained")
     for ax, st_label in zip(axes[0], st_labels):
-        for label in ("CT", st_label):
+        for label in (ct_label, st_label):
             rows = mean_per_plan[mean_per_plan["label"] == label].sort_values("x")
             ax.plot(rows["x"], rows["top1"], marker="o", markersize=3, linewidth=0.7, color=palette[label],
                     label=label)
         if not alone_per_plan.empty:
-            ax.scatter(alone_per_plan["x"], alone_per_plan["top1"], marker="*", s=120, color=scheme_colour(ALONE),
+            ax.scatter(alone_per_plan["x"], alone_per_plan["top1"], marker="*", s=120, color=schemes.colour(ALONE),
                        edgecolor="black", linewidth=0.4, zorder=3, label=ALONE_LABEL)
-        ax.set_title(f"CT vs {st_label}")
+        ax.set_title(f"{ct_label} vs {st_label}")
         for start in group_starts.values[1:]:
             ax.axvline(start - 0.5, color="0.85", linewidth=0.6, zorder=0)
         ax.grid(False, axis="x")
@@ -128,7 +118,7 @@ def plot_subnetworks(measure: pd.DataFrame) -> Figure:
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    legend_order = [label for label in ["CT", *st_labels, ALONE_LABEL] if label in handles]
+    legend_order = [label for label in [ct_label, *st_labels, ALONE_LABEL] if label in handles]
     fig.legend([handles[label] for label in legend_order], legend_order, loc="outside lower center",
                ncols=len(legend_order), frameon=False)
     return fig
@@ -136,13 +126,14 @@ def plot_subnetworks(measure: pd.DataFrame) -> Figure:
 
 def plot_space_size(measure: pd.DataFrame) -> Figure:
     """Fig. 5: max, mean and std of sub-network top-1 against the number of sub-networks sampled (0 = CT)."""
-    stats = per_run_subnetwork_stats(add_space_size(at_reference_lam(full_runs(ct_and_st(measure)))))
+    schemes = schemes_of(measure)
+    stats = per_run_subnetwork_stats(add_space_size(at_reference_lam(full_runs(conventional_and_stimulative(measure)))))
     stats = stats.dropna(subset=["sub_mean"])
     if stats["n_subnetworks"].nunique() < 2:
         raise NotEnoughData("needs runs with at least two different sampling-space sizes")
     x_of_size = _categorical_x(stats["n_subnetworks"])
     stats["x"] = stats["n_subnetworks"].map(x_of_size)
-    palette = label_palette(stats)
+    palette = label_palette(stats, schemes)
     panels = (("sub_max", "maximum top-1 (%)"), ("sub_mean", "mean top-1 (%)"), ("sub_std", "std of top-1 (%)"))
 
     use_style()
@@ -150,64 +141,22 @@ def plot_space_size(measure: pd.DataFrame) -> Figure:
     for ax, (column, ylabel) in zip(axes, panels):
         means = stats.groupby("x")[column].mean()
         ax.plot(means.index, means.values, color="0.3", linewidth=1, zorder=1)
-        for label in scheme_order(stats["label"]):
+        for label in schemes.order(stats["label"]):
             rows = stats[stats["label"] == label]
             ax.scatter(rows["x"], rows[column], color=palette[label], s=25, zorder=2, label=label)
         ax.set_xticks(list(x_of_size.values()), [str(size) for size in x_of_size])
         ax.set_xlabel("sub-networks in the sampling space")
         ax.set_ylabel(ylabel)
-    _figure_legend(fig, list(axes))
+    figure_legend(fig, list(axes))
     return fig
-
-
-def plot_destruct(destruct: pd.DataFrame, methods: Sequence[str] = ("ct", "st")) -> Figure:
-    """Fig. 6 (Figs. r4-r7 with a baseline among `methods`): top-1 drop after deleting one layer, deleting several
-    layers and permuting layers."""
-    chosen = destruct[destruct["method"].isin(methods) & ordered_sampling(destruct)]
-    rows = add_scheme(at_reference_lam(full_runs(chosen)))
-    rows = rows[rows["n"] > 0]
-    modes = [mode for mode in ("delete-one", "delete-many", "permute") if mode in set(rows["mode"])]
-    if not modes:
-        raise NotEnoughData("no delete-one, delete-many or permute rows with n > 0")
-    hue_order = scheme_order(rows["scheme"])
-    palette = {scheme: scheme_colour(scheme) for scheme in hue_order}
-    titles = {"delete-one": "(a) deleting one layer", "delete-many": "(b) deleting several layers",
-              "permute": "(c) permuting layers"}
-    xlabels = {"delete-one": "deleted layer", "delete-many": "deleted layers",
-               "permute": "permuting operations"}
-
-    use_style()
-    fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 3.4), squeeze=False, layout="constrained")
-    for ax, mode in zip(axes[0], modes):
-        mode_rows = rows[rows["mode"] == mode]
-        if mode == "delete-one":
-            mode_rows = mode_rows.assign(layer=mode_rows["layers"].astype(int))
-            sns.barplot(data=mode_rows, x="layer", y="drop", hue="scheme", hue_order=hue_order, palette=palette,
-                        errorbar="sd", ax=ax)
-        else:
-            sns.boxplot(data=mode_rows, x="n", y="drop", hue="scheme", hue_order=hue_order, palette=palette,
-                        fliersize=2, linewidth=0.8, ax=ax)
-        ax.set_title(titles[mode])
-        ax.set_xlabel(xlabels[mode])
-        ax.set_ylabel("top-1 drop (%)")
-    _figure_legend(fig, list(axes[0]))
-    return fig
-
-
-def destruct_beside(baseline: str) -> Callable[[pd.DataFrame], Figure]:
-    """Figs. r4-r7: the Fig. 6 trio for `baseline` beside CT and ST."""
-    def plot(destruct: pd.DataFrame) -> Figure:
-        methods = ("ct", "st", baseline)
-        return plot_destruct(of_methods(destruct, methods), methods)
-    plot.__doc__ = f"The Fig. 6 trio for {baseline} beside CT and ST."
-    return plot
 
 
 def plot_methods_subnetworks(measure: pd.DataFrame) -> Figure:
     """Fig. r8: top-1 of every measured sub-network under each training method (ST: ordered sampling, full space)."""
+    styles = schemes_of(measure)
     rows = add_scheme(at_reference_lam(full_runs(measure[ordered_sampling(measure)])))
-    rows = rows[is_blank(rows["space_size"])]
-    schemes = scheme_order(rows["scheme"])
+    rows = rows[is_blank(rows["space_size"])] if "space_size" in rows.columns else rows
+    schemes = styles.order(rows["scheme"])
     if len(schemes) < 2:
         raise NotEnoughData("needs runs of at least two training methods")
     subs = rows[~rows["is_main"]]
@@ -220,29 +169,31 @@ def plot_methods_subnetworks(measure: pd.DataFrame) -> Figure:
     fig, (ax, box_ax) = plt.subplots(1, 2, figsize=(12, 3.8), width_ratios=(3, 1), layout="constrained")
     for scheme in schemes:
         line = means[means["scheme"] == scheme].sort_values("x")
-        ax.plot(line["x"], line["top1"], marker="o", markersize=2.5, linewidth=0.7, color=scheme_colour(scheme),
+        ax.plot(line["x"], line["top1"], marker="o", markersize=2.5, linewidth=0.7, color=styles.colour(scheme),
                 label=scheme)
     ax.set_xlabel("sub-network (sorted by number of blocks)")
     ax.set_ylabel("top-1 (%)")
     ax.set_xticks([])
     sns.boxplot(data=means, x="scheme", y="top1", hue="scheme", order=schemes, hue_order=schemes,
-                palette={s: scheme_colour(s) for s in schemes}, fliersize=2, linewidth=0.8, ax=box_ax)
+                palette=styles.palette(schemes), fliersize=2, linewidth=0.8, ax=box_ax)
     box_ax.set_xlabel("")
     box_ax.set_ylabel("sub-network top-1 (%)")
     box_ax.tick_params(axis="x", labelrotation=30)
-    _figure_legend(fig, [ax])
+    figure_legend(fig, [ax])
     return fig
 
 
 def plot_sampling_rules(measure: pd.DataFrame) -> Figure:
     """Fig. 3: main-network top-1 and sub-network mean top-1 (± std over sub-networks) of ST per sampling rule,
     CT beside them."""
-    rows = add_scheme(at_reference_lam(full_runs(measure[measure["method"].isin(["ct", "st"])])))
-    rows = rows[is_blank(rows["space_size"])]
+    styles = schemes_of(measure)
+    rows = add_scheme(at_reference_lam(full_runs(conventional_and_stimulative(measure, any_sampling=True))))
+    rows = rows[is_blank(rows["space_size"])] if "space_size" in rows.columns else rows
     stats = per_run_subnetwork_stats(rows.assign(label=rows["scheme"], n_subnetworks=0))
-    if stats[stats["scheme"].str.startswith("ST")]["scheme"].nunique() < 2:
+    st_label = styles.role_label(STIMULATIVE)
+    if not st_label or stats[stats["scheme"].str.startswith(st_label)]["scheme"].nunique() < 2:
         raise NotEnoughData("needs ST runs with at least two sampling rules (--sampling)")
-    schemes = scheme_order(stats["scheme"])
+    schemes = styles.order(stats["scheme"])
     per_scheme = stats.groupby("scheme")[["main_top1", "sub_mean", "sub_std"]].mean().reindex(schemes)
     panels = (("main_top1", None, "main network top-1 (%)"), ("sub_mean", "sub_std", "sub-network top-1 (%), mean ± std"))
 
@@ -251,7 +202,7 @@ def plot_sampling_rules(measure: pd.DataFrame) -> Figure:
     for ax, (column, spread, ylabel) in zip(axes, panels):
         values = per_scheme[column]
         ax.bar(range(len(schemes)), values, yerr=per_scheme[spread] if spread else None, capsize=3,
-               color=[scheme_colour(s) for s in schemes])
+               color=[styles.colour(s) for s in schemes])
         for x, value in enumerate(values):
             ax.annotate(f"{value:.2f}", (x, value), textcoords="offset points", xytext=(8, 3), fontsize=7)
         ax.set_xticks(range(len(schemes)), schemes, rotation=15)
@@ -259,57 +210,13 @@ def plot_sampling_rules(measure: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_kl(kl: pd.DataFrame) -> Figure:
-    """Fig. 7: distribution of KL(main || sub-network) over sub-networks at each recorded epoch, CT vs ST."""
-    rows = add_scheme(at_reference_lam(full_runs(kl)))
-    rows = rows[rows["scheme"].isin(["CT", "ST"]) & ~rows["is_main"]]
-    if rows.empty:
-        raise NotEnoughData("no sub-network rows of CT or full-space ST runs")
-    hue_order = scheme_order(rows["scheme"])
-
-    use_style()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * rows["epoch"].nunique() + 2.5), 3.8), layout="constrained")
-    sns.boxplot(data=rows, x="epoch", y="kl", hue="scheme", hue_order=hue_order,
-                palette={s: scheme_colour(s) for s in hue_order}, fliersize=2, linewidth=0.8, ax=ax)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("KL(main || sub-network)")
-    _figure_legend(fig, [ax])
-    return fig
-
-
-def plot_trajectories(log: pd.DataFrame) -> Figure:
-    """Fig. r2: training loss and test top-1 per epoch, CT vs ST, with a star at each scheme's best test top-1."""
-    rows = add_scheme(at_reference_lam(full_runs(log)))
-    rows = rows[rows["scheme"].isin(["CT", "ST"])]
-    if rows.empty:
-        raise NotEnoughData("no epochs of CT or full-space ST runs")
-    hue_order = scheme_order(rows["scheme"])
-    palette = {s: scheme_colour(s) for s in hue_order}
-
-    use_style()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
-    panels = (("loss", "training loss"), ("test_top1_recalibrated", "test top-1, BN recalibrated (%)"))
-    for ax, (column, ylabel) in zip(axes, panels):
-        sns.lineplot(data=rows, x="epoch", y=column, hue="scheme", hue_order=hue_order, palette=palette,
-                     errorbar="sd", ax=ax)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-    for scheme in hue_order:
-        mean_per_epoch = rows[rows["scheme"] == scheme].groupby("epoch")["test_top1_recalibrated"].mean()
-        best_epoch = mean_per_epoch.idxmax()
-        axes[1].scatter([best_epoch], [mean_per_epoch[best_epoch]], marker="*", s=160, color=palette[scheme],
-                        edgecolor="black", linewidth=0.5, zorder=3)
-        axes[1].annotate(f"{mean_per_epoch[best_epoch]:.2f}", (best_epoch, mean_per_epoch[best_epoch]),
-                         textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
-    _figure_legend(fig, list(axes))
-    return fig
-
-
 def plot_lambda(measure: pd.DataFrame) -> Figure:
     """Fig. r3: main-network and mean sub-network top-1 of full-space ST against λ, CT as a dashed line."""
-    stats = per_run_subnetwork_stats(add_space_size(full_runs(ct_and_st(measure))))
-    st = stats[stats["scheme"] == "ST"]
-    ct = stats[stats["scheme"] == "CT"]
+    schemes = schemes_of(measure)
+    ct_label, st_label = schemes.role_label(CONVENTIONAL), schemes.role_label(STIMULATIVE)
+    stats = per_run_subnetwork_stats(add_space_size(full_runs(conventional_and_stimulative(measure))))
+    st = stats[stats["scheme"] == st_label]
+    ct = stats[stats["scheme"] == ct_label]
     if st["lam"].nunique() < 2:
         raise NotEnoughData("needs full-space ST runs with at least two different λ")
     x_of_lam = _categorical_x(st["lam"])
@@ -320,12 +227,12 @@ def plot_lambda(measure: pd.DataFrame) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     for ax, (column, ylabel) in zip(axes, panels):
         means = st.groupby("x")[column].mean()
-        ax.plot(means.index, means.values, color=scheme_colour("ST"), linewidth=1, zorder=1)
-        ax.scatter(st["x"], st[column], color=scheme_colour("ST"), s=25, zorder=2, label="ST")
+        ax.plot(means.index, means.values, color=schemes.colour(st_label), linewidth=1, zorder=1)
+        ax.scatter(st["x"], st[column], color=schemes.colour(st_label), s=25, zorder=2, label=st_label)
         if ct[column].notna().any():
-            ax.axhline(ct[column].mean(), color=scheme_colour("CT"), linestyle="--", linewidth=1, label="CT")
+            ax.axhline(ct[column].mean(), color=schemes.colour(ct_label), linestyle="--", linewidth=1, label=ct_label)
         ax.set_xticks(list(x_of_lam.values()), [_format_number(lam) for lam in x_of_lam])
         ax.set_xlabel("λ (weight of the KL loss)")
         ax.set_ylabel(ylabel)
-    _figure_legend(fig, list(axes))
+    figure_legend(fig, list(axes))
     return fig

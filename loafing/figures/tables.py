@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from loafing.figures.plots import use_style
-from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, architecture_name, at_reference_lam,
-                                    conventionally_trained, full_runs, is_blank, network_name, per_plan_means,
-                                    per_run_subnetwork_stats, scheme_order)
+from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam,
+                                    conventionally_trained, full_runs, network_names, per_plan_means,
+                                    per_run_subnetwork_stats)
+from loafing.figures.style import CONVENTIONAL, is_blank, schemes_of, use_style
 from loafing.figures.stats import interval_text, mean_interval, p_text, paired_difference
 
 
@@ -17,17 +17,19 @@ def table_main_and_subnetworks(measure: pd.DataFrame) -> pd.DataFrame:
     """Table 1 (every method): per scheme, main-network top-1 and sub-network mean/std top-1 with their spread
     over seeds, and each scheme's sub-networks against CT's, paired by plan (mean difference, 95% CI, paired-t
     and Wilcoxon p)."""
+    schemes = schemes_of(measure)
+    ct = schemes.role_label(CONVENTIONAL) or "CT"
     shaped = add_space_size(at_reference_lam(full_runs(measure)))
     stats = per_run_subnetwork_stats(shaped)
     if stats.empty:
         raise NotEnoughData("no runs of the whole network")
     plan_means = per_plan_means(shaped)
     rows = []
-    for label in scheme_order(stats["label"]):
+    for label in schemes.order(stats["label"]):
         runs = stats[stats["label"] == label]
         several = len(runs) >= 2
-        versus_ct = (paired_difference(plan_means.loc[label], plan_means.loc["CT"])
-                     if label != "CT" and "CT" in plan_means.index else None)
+        versus_ct = (paired_difference(plan_means.loc[label], plan_means.loc[ct])
+                     if label != ct and ct in plan_means.index and label in plan_means.index else None)
         rows.append({"scheme": label, "seeds": len(runs),
                      "main top-1": runs["main_top1"].mean(),
                      "main top-1 seed std": runs["main_top1"].std(ddof=1) if several else np.nan,
@@ -35,15 +37,17 @@ def table_main_and_subnetworks(measure: pd.DataFrame) -> pd.DataFrame:
                      "sub-networks mean": runs["sub_mean"].mean(),
                      "sub-networks std": runs["sub_std"].mean(),
                      "sub-networks mean seed std": runs["sub_mean"].std(ddof=1) if several else np.nan,
-                     "sub-networks vs CT (paired)": versus_ct["mean"] if versus_ct else np.nan,
-                     "vs CT 95% CI": interval_text(versus_ct["low"], versus_ct["high"]) if versus_ct else "–",
-                     "vs CT p (t)": p_text(versus_ct["p_t"]) if versus_ct else "–",
-                     "vs CT p (Wilcoxon)": p_text(versus_ct["p_wilcoxon"]) if versus_ct else "–"})
+                     f"sub-networks vs {ct} (paired)": versus_ct["mean"] if versus_ct else np.nan,
+                     f"vs {ct} 95% CI": interval_text(versus_ct["low"], versus_ct["high"]) if versus_ct else "–",
+                     f"vs {ct} p (t)": p_text(versus_ct["p_t"]) if versus_ct else "–",
+                     f"vs {ct} p (Wilcoxon)": p_text(versus_ct["p_wilcoxon"]) if versus_ct else "–"})
     return pd.DataFrame(rows)
 
 
 def table_cost(log: pd.DataFrame) -> pd.DataFrame:
     """Table r4 (every method): per scheme, training time, throughput and peak memory, and their ratios to CT."""
+    schemes = schemes_of(log)
+    ct_label = schemes.role_label(CONVENTIONAL) or "CT"
     rows = add_scheme(at_reference_lam(full_runs(log)))
     if rows.empty:
         raise NotEnoughData("no epochs of runs of the whole network")
@@ -52,24 +56,25 @@ def table_cost(log: pd.DataFrame) -> pd.DataFrame:
                                                       peak_memory_mib=("peak_memory_mib", "max"),
                                                       memory_kind=("memory_kind", "first"))
     table = []
-    for scheme in scheme_order(per_run["scheme"]):
+    for scheme in schemes.order(per_run["scheme"]):
         runs = per_run[per_run["scheme"] == scheme]
         table.append({"scheme": scheme, "seeds": len(runs), "training time (s)": runs["seconds"].mean(),
                       "examples/s": runs["examples_per_s"].mean(),
                       "peak memory (MiB)": runs["peak_memory_mib"].max(),
                       "memory kind": ",".join(sorted(set(runs["memory_kind"].dropna().astype(str))))})
     table = pd.DataFrame(table)
-    ct = table[table["scheme"] == "CT"]
+    ct = table[table["scheme"] == ct_label]
     ct_time = ct["training time (s)"].iloc[0] if len(ct) else np.nan
     ct_memory = ct["peak memory (MiB)"].iloc[0] if len(ct) else np.nan
-    table["time vs CT"] = table["training time (s)"] / ct_time
-    table["memory vs CT"] = table["peak memory (MiB)"] / ct_memory
+    table[f"time vs {ct_label}"] = table["training time (s)"] / ct_time
+    table[f"memory vs {ct_label}"] = table["peak memory (MiB)"] / ct_memory
     return table
 
 
 def table_methods(measure: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:
     """Table r3: per training method, training time, peak memory, main-network top-1 and all sub-networks'
     top-1 as mean ± std (population std over the measured sub-networks, averaged over seeds)."""
+    schemes = schemes_of(measure)
     stats = per_run_subnetwork_stats(add_space_size(at_reference_lam(full_runs(measure))))
     if stats.empty:
         raise NotEnoughData("no runs of the whole network")
@@ -78,7 +83,7 @@ def table_methods(measure: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:
     except NotEnoughData:  # no train_log.csv beside measure.csv: the table shows accuracies only
         cost = pd.DataFrame()
     rows = []
-    for scheme in scheme_order(stats["scheme"]):
+    for scheme in schemes.order(stats["scheme"]):
         runs = stats[stats["scheme"] == scheme]
         known = scheme in cost.index
         rows.append({"method": scheme, "seeds": len(runs),
@@ -101,10 +106,11 @@ def table_inside_grid(measure: pd.DataFrame) -> pd.DataFrame:
     mains = pd.concat([whole[whole["is_main"]], alone[alone["is_main"]]])
     architectures = mains.drop_duplicates("depths").sort_values(["n_blocks", "depths"])
     hosts = whole[whole["is_main"]].drop_duplicates("model").sort_values(["n_blocks", "model"])
-    host_names = {m: architecture_name(m, d) or m for m, d in zip(hosts["model"], hosts["depths"])}
+    names = network_names(measure)
+    host_names = {m: names[(m, d)] if names[(m, d)] != d else m for m, d in zip(hosts["model"], hosts["depths"])}
     table = []
     for model, depths in zip(architectures["model"], architectures["depths"]):
-        row = {"sub-network \\ main network": network_name(model, depths)}
+        row = {"sub-network \\ main network": names[(model, depths)]}
         for host, name in host_names.items():
             cells = whole[(whole["model"] == host) & (whole["depths"] == depths)]["top1"]
             row[name] = cells.mean() if len(cells) else np.nan

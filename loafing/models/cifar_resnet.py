@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loafing.models.registry import IMAGENET_NORMALIZATION, ModelSpec, register_model
+from loafing.models.registry import IMAGENET_NORMALIZATION, ModelSpec, body_layout, register_model
 from loafing.models.staged import StagedModel
 
 
@@ -108,7 +108,13 @@ def cifar_resnet_spec(depth: int) -> ModelSpec:
                                                                                            num_classes),
         description=f"He et al.'s ResNet-{depth} for CIFAR, option-A shortcuts, akamaster parameter names",
         recipe="cifar", classifier_key="linear.weight", normalization=IMAGENET_NORMALIZATION,
-        architecture_name=cifar_resnet_name)
+        architecture_name=cifar_resnet_name, declared_layout=cifar_resnet_layout(depth))
+
+
+def cifar_resnet_layout(depth: int):
+    """A 6n+2 CIFAR ResNet's body: three stages of n blocks; the first block of stages 2 and 3 downsamples."""
+    n = (depth - 2) // 6
+    return body_layout((n, n, n), fixed=(n + 1, 2 * n + 1))
 
 
 for _depth in (20, 32, 44, 56, 110):

@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-from loafing.models.registry import IMAGENET_NORMALIZATION, ModelSpec, register_model
+from loafing.models.registry import IMAGENET_NORMALIZATION, ModelSpec, body_layout, register_model
 from loafing.models.staged import StagedModel
 
 # Layers per dense block (Huang et al.; torchvision's configurations and DenseNet-264's).
@@ -65,6 +64,8 @@ class StagedDenseNet(StagedModel):
     """torchvision DenseNet; stem conv0..pool0, one stage per dense block, head norm5 + ReLU + pooling + linear."""
 
     def __init__(self, depth: int, num_classes: int, width_mult: float = 1.0, small_images: bool = False) -> None:
+        import torchvision  # here: `loafing models` lists the specs without loading torchvision
+
         growth = max(1, round(GROWTH_RATE * width_mult))
         net = torchvision.models.DenseNet(growth, BLOCK_CONFIGS[depth], 2 * growth, num_classes=num_classes)
         if small_images:  # 32x32 inputs: a 3x3 stride-1 stem without max-pooling, as CIFAR ResNets have
@@ -102,17 +103,25 @@ def densenet_name(depths: tuple[int, ...]) -> str | None:
     return names.get(tuple(depths))
 
 
+def densenet_layout(depth: int):
+    """A DenseNet's body: its dense layers per dense block, each block's first layer fixed, prefixes only."""
+    sizes = BLOCK_CONFIGS[depth]
+    return body_layout(sizes, fixed=[sum(sizes[:i]) + 1 for i in range(len(sizes))], prefix_only=True)
+
+
 for _depth in BLOCK_CONFIGS:
     register_model(ModelSpec(
         name=f"densenet{_depth}",
         build=lambda num_classes, width_mult, depth=_depth: StagedDenseNet(depth, num_classes, width_mult),
         description=f"torchvision DenseNet-{_depth} (dense blocks {BLOCK_CONFIGS[_depth]}, growth 32 x width)",
         recipe="imagenet", classifier_key="classifier.weight", normalization=IMAGENET_NORMALIZATION,
-        width_mult=True, architecture_name=densenet_name, rename_keys=rename_old_keys, min_image_size=32))
+        width_mult=True, architecture_name=densenet_name, rename_keys=rename_old_keys, min_image_size=32,
+        declared_layout=densenet_layout(_depth)))
     register_model(ModelSpec(
         name=f"densenet{_depth}-cifar",
         build=lambda num_classes, width_mult, depth=_depth: StagedDenseNet(depth, num_classes, width_mult,
                                                                           small_images=True),
         description=f"DenseNet-{_depth} for 32x32 images: 3x3 stride-1 stem, no max-pooling",
         recipe="cifar", classifier_key="classifier.weight", normalization=IMAGENET_NORMALIZATION,
-        width_mult=True, architecture_name=densenet_name, rename_keys=rename_old_keys, min_image_size=8))
+        width_mult=True, architecture_name=densenet_name, rename_keys=rename_old_keys, min_image_size=8,
+        declared_layout=densenet_layout(_depth)))

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from loafing.errors import LoafingError
-from loafing.models.staged import StagedModel
 from loafing.plans import Layout
 from loafing.recipes import RECIPES
+
+if TYPE_CHECKING:  # the registry itself needs no torch: listing models builds nothing
+    from loafing.models.staged import StagedModel
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -34,6 +36,9 @@ class ModelSpec:
     min_image_size: int = 1  # the smallest input side the network takes (DenseNet's last transition pools 2x2)
     # Renames a foreign state dict's keys to today's names (old torchvision DenseNet files), if needed.
     rename_keys: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # The body's stages and skippable blocks (see `body_layout`), so that listing them builds no network; None:
+    # found by building the network once. A declared layout is checked against the built one at every build.
+    declared_layout: Layout | None = None
 
     @property
     def image_size(self) -> int:
@@ -41,8 +46,15 @@ class ModelSpec:
         return RECIPES[self.recipe].image_size
 
     def layout(self) -> Layout:
-        """The model's stages and skippable blocks."""
-        return _layout(self.name)
+        """The model's stages and skippable blocks (declared, else from the network built once)."""
+        return self.declared_layout or _layout(self.name)
+
+
+def body_layout(stage_sizes: Sequence[int], fixed: Iterable[int] = (), prefix_only: bool = False) -> Layout:
+    """A Layout from the blocks per stage and the blocks that cannot be skipped (1-based, counted over the body)."""
+    starts = [sum(stage_sizes[:i]) for i in range(len(stage_sizes))]
+    stages = tuple(tuple(range(start + 1, start + size + 1)) for start, size in zip(starts, stage_sizes))
+    return Layout(stages, frozenset(b for stage in stages for b in stage) - frozenset(fixed), prefix_only)
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -81,9 +93,19 @@ def create_model(name: str, num_classes: int, width_mult: float = 1.0) -> Staged
         raise LoafingError(f"--width-mult must be positive, got {width_mult}")
     model = spec.build(num_classes, width_mult)
     model.set_normalization(*spec.normalization)
+    if spec.declared_layout is not None and model.layout != spec.declared_layout:
+        raise ValueError(f"model {name!r}: its declared layout {spec.declared_layout} is not the built network's "
+                         f"{model.layout}")
     return model
 
 
 @functools.lru_cache(maxsize=None)
 def _layout(name: str) -> Layout:
-    return create_model(name, 10).layout
+    """A model's layout from the network built on the meta device (no memory, no initialization), else on the CPU."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return create_model(name, 10).layout
+    except (RuntimeError, NotImplementedError):  # a model whose construction computes on its tensors
+        return create_model(name, 10).layout

@@ -6,11 +6,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from loafing.bn import frozen_bn_stats
 from loafing.conv import crop_conv_kernels
 from loafing.errors import LoafingError
 from loafing.plans import Layout, Plan, validate_plan
-from loafing.segments import make_segment_aware, stacked_batches
+from loafing.segments import make_segment_aware
 
 
 class StagedModel(nn.Module):
@@ -99,61 +98,3 @@ class StagedModel(nn.Module):
         for b in plan.sequence():
             x = self.run_step(b, x)
         return self.head(x)
-
-    def forward_with_block_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The main network's logits and the output of every body block, in order (for auxiliary heads)."""
-        outputs = []
-        x = self.stem(x)
-        for b in self.layout.main_plan.sequence():
-            x = self._blocks[b - 1](x)
-            outputs.append(x)
-        return self.head(x), outputs
-
-    def forward_without_bn_updates(self, x: torch.Tensor, plan: Plan | None = None) -> torch.Tensor:
-        """`forward`, but in train mode BN normalizes with batch statistics and leaves the running ones alone."""
-        with frozen_bn_stats(self):
-            return self(x, plan)
-
-    def forward_with_subnetwork(self, x: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-        """Main and `plan` logits in one graph, the same as two separate forwards in train mode.
-
-        Blocks on the common prefix run once. After that, every block both networks run (for an
-        ordered sub-network: all of its remaining blocks, and the head) runs once on the two
-        batches stacked, each half normalized by BN with its own batch statistics, or, where the
-        two inputs differ in width (a DenseNet after a shortened dense block), once on each. Only
-        the main network updates running statistics.
-        """
-        self.check_plan(plan)
-        sub_seq = plan.sequence()
-        n = x.shape[0]
-        main = sub = self.stem(x)
-        stacked = None  # torch.cat([main, sub]) while consecutive blocks run on both
-        i = 0  # position of the sub-network's next block
-        for b in self.layout.main_plan.sequence():
-            block = self._blocks[b - 1]
-            if i < len(sub_seq) and sub_seq[i] == b:
-                i += 1
-                if main is sub:
-                    main = sub = block(main)
-                    continue
-                if main.shape != sub.shape:  # inputs of different widths (a shortened DenseNet block) cannot stack
-                    main, stacked = block(main), None
-                    with frozen_bn_stats(self):
-                        sub = block(sub)
-                    continue
-                with stacked_batches(n):
-                    stacked = block(torch.cat([main, sub]) if stacked is None else stacked)
-                main, sub = stacked[:n], stacked[n:]
-            else:
-                main, stacked = block(main), None
-        with frozen_bn_stats(self):  # blocks of a plan that reorders the main network's
-            for b in sub_seq[i:]:
-                sub, stacked = self.run_step(b, sub), None
-        if main.shape != sub.shape:
-            with frozen_bn_stats(self):
-                sub_logits = self.head(sub)
-            return self.head(main), sub_logits
-        # The head always runs stacked, even on one shared input, so each half gets its own dropout mask.
-        with stacked_batches(n):
-            logits = self.head(torch.cat([main, sub]) if stacked is None else stacked)
-        return logits[:n], logits[n:]

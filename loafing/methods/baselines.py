@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import stochastic_depth
 
-from loafing.config import TrainConfig
-from loafing.methods import StepResult, TrainingMethod, TrainingStep, register_method, require_residuals
+from loafing.config import POSITIVE, OptionSpec, Range, TrainConfig
+from loafing.methods.registry import StepResult, TrainingMethod, TrainingStep, register_method, require_residuals
 from loafing.models import StagedModel
 from loafing.plans import Layout
 
@@ -65,10 +65,11 @@ def stochastic_depth_logits(model: StagedModel, x: torch.Tensor, survival: dict[
 def build_stochastic_depth(model: StagedModel, config: TrainConfig, rng: random.Random) -> TrainingStep:
     """Stochastic depth: cross-entropy of a network whose droppable blocks survive with linearly falling p."""
     require_residuals(model, "stochastic-depth")
-    survival = survival_probabilities(model.layout, config.sd_survival)
+    survival = survival_probabilities(model.layout, config.method_options["sd_survival"])
+    mode = config.method_options["sd_mode"]
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        ce = F.cross_entropy(stochastic_depth_logits(model, x, survival, config.sd_mode, rng), y)
+        ce = F.cross_entropy(stochastic_depth_logits(model, x, survival, mode, rng), y)
         return StepResult(ce, ce, torch.zeros((), device=x.device))
     return TrainingStep(loss, uses_all_parameters=False)
 
@@ -90,6 +91,16 @@ class TransformingHead(nn.Module):
         return feature, self.classifier(feature)
 
 
+def block_outputs(model: StagedModel, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The main network's logits and the output of every body block, in order (what auxiliary heads see)."""
+    outputs = []
+    x = model.stem(x)
+    for b in model.layout.main_plan.sequence():
+        x = model.block(b)(x)
+        outputs.append(x)
+    return model.head(x), outputs
+
+
 def block_channels(model: StagedModel) -> dict[int, int]:
     """The number of output channels of every body block (from one small forward that changes nothing)."""
     was_training = model.training
@@ -97,7 +108,7 @@ def block_channels(model: StagedModel) -> dict[int, int]:
     try:
         with torch.no_grad():
             probe = torch.zeros(1, 3, 32, 32, device=model.input_mean.device)
-            _, outputs = model.forward_with_block_outputs(probe)
+            _, outputs = block_outputs(model, probe)
     finally:
         model.train(was_training)
     return {b: out.shape[1] for b, out in zip(model.layout.main_plan.sequence(), outputs)}
@@ -137,7 +148,7 @@ def build_supervision(per_layer: bool) -> Callable[[StagedModel, TrainConfig, ra
         heads = auxiliary_heads(model, list(weights), config.num_classes)
 
         def loss(x: torch.Tensor, y: torch.Tensor) -> StepResult:
-            logits, outputs = model.forward_with_block_outputs(x)
+            logits, outputs = block_outputs(model, x)
             ce = F.cross_entropy(logits, y)
             total = ce
             for b, out in zip(model.layout.main_plan.sequence(), outputs):
@@ -152,10 +163,10 @@ def build_self_distillation(model: StagedModel, config: TrainConfig, rng: random
     """Be Your Own Teacher: CE on every classifier, KD and feature losses from the final one to each stage's head."""
     stage_ends = [stage[-1] for stage in model.layout.stages[:-1]]
     heads = auxiliary_heads(model, stage_ends, config.num_classes)
-    w, t = SELF_DISTILLATION_WEIGHTS, config.kd_temperature
+    w, t = SELF_DISTILLATION_WEIGHTS, config.method_options["kd_temperature"]
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        logits, outputs = model.forward_with_block_outputs(x)
+        logits, outputs = block_outputs(model, x)
         final_feature = torch.flatten(F.adaptive_avg_pool2d(outputs[-1], 1), 1).detach()
         teacher = F.softmax(logits.detach() / t, 1)
         ce = F.cross_entropy(logits, y)
@@ -171,15 +182,25 @@ def build_self_distillation(model: StagedModel, config: TrainConfig, rng: random
     return TrainingStep(loss, heads)
 
 
+SD_OPTIONS = (
+    OptionSpec("sd_survival", float, 0.9, "stochastic-depth: survival probability of the last block; it falls linearly "
+               "from 1 over the body's blocks (Appendix F.1: 0.9).", Range(0, 1, low_open=True)),
+    OptionSpec("sd_mode", str, "batch", "stochastic-depth: batch (drop a block for the whole mini-batch, as Huang et "
+               "al.) | row (per sample, torchvision.ops.stochastic_depth's row mode).", choices=lambda: list(SD_MODES),
+               what="stochastic-depth mode"),
+)
+KD_OPTIONS = (OptionSpec("kd_temperature", float, 3.0, "self-distillation: softmax temperature of the KD loss (the "
+                         "paper gives none; 3 is our choice, a usual KD temperature).", POSITIVE),)
+
 # Relative costs: Table r3's training hours over CT's 16.91 h.
 register_method(TrainingMethod(
     "stochastic-depth", "Stochastic depth", "#55a868",
     "stochastic depth (Huang et al.): droppable blocks survive with p falling linearly to --sd-survival",
-    build_stochastic_depth, options=("sd_survival", "sd_mode"), relative_cost=16.9 / 16.91))
+    build_stochastic_depth, options=SD_OPTIONS, relative_cost=16.9 / 16.91))
 register_method(TrainingMethod(
     "self-distillation", "Self-distillation", "#8172b2",
     "Be Your Own Teacher: 0.8 CE of every classifier + 0.2 KD + 0.02 feature loss, a head after each stage",
-    build_self_distillation, options=("kd_temperature",), relative_cost=26.8 / 16.91))
+    build_self_distillation, options=KD_OPTIONS, relative_cost=26.8 / 16.91))
 register_method(TrainingMethod(
     "layer-supervision", "CT+layer supervision", "#ccb974",
     "CT + CE of an auxiliary head after each layer of every stage but the last",

@@ -1,0 +1,177 @@
+"""`loafing measure`, `destruct` and `inside-vs-alone`: their evaluation options are generated from EvalConfig."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from click.core import ParameterSource
+
+from loafing.cli.options import POSITIVE_INT, apply, echo_figures, registry_choice, spec_option, spec_options
+from loafing.config import TrainConfig
+from loafing.errors import LoafingError
+from loafing.eval_config import MAX_COMBOS, EvalConfig, eval_option_specs
+from loafing.options import OptionSpec, option_specs
+
+# The calibration seed keeps the flag users know; --calib-seed names it as a study file does.
+EVAL_FLAGS = {"calib_seed": ("--seed", "--calib-seed")}
+
+
+def eval_options(*excluded: str) -> Callable:
+    """The options generated from EvalConfig, less `excluded` fields."""
+    return spec_options([s for s in eval_option_specs() if s.name not in excluded], EVAL_FLAGS)
+
+
+def eval_config(options: dict[str, Any]) -> EvalConfig:
+    """The EvalConfig of a command's options, taken out of `options` (the rest stay)."""
+    names = [s.name for s in eval_option_specs()]
+    return EvalConfig(**{name: options.pop(name) for name in names if name in options})
+
+
+def train_spec(name: str, help: str) -> OptionSpec:
+    """TrainConfig's option `name` (its default and range: the same bounds as training) with its own help."""
+    return dataclasses.replace(next(s for s in option_specs(TrainConfig) if s.name == name), help=help)
+
+
+DATASET = click.option("--dataset", type=registry_choice("dataset", "loafing.data", "DATASETS"), default=None,
+                       help="Data set (default: the checkpoint's, else digits).")
+DATA_DIR = click.option("--data-dir", default=None, help="Folder holding the data set.")
+IMAGE_SIZE = spec_option(train_spec("image_size", "Side of the input images [default: the checkpoint's, else the "
+                                     "model's recipe]."))
+UNSAFE_LOAD = click.option("--unsafe-load", is_flag=True,
+                           help="Unpickle a checkpoint that holds Python objects besides tensors (this can run code "
+                           "in it): only for a file you trust.")
+QUIET = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+
+def checkpoint_options(command: Callable) -> Callable:
+    """The options naming one checkpoint and the data it is evaluated on."""
+    return apply([
+        click.option("--ckpt", required=True,
+                     help="Checkpoint: loafing's own, akamaster CIFAR ResNet, or torchvision."),
+        click.option("--model", type=registry_choice("model", "loafing.models", "MODELS"), default=None,
+                     help="Model; required for foreign checkpoints."),
+        spec_option(train_spec("width_mult", "Width multiplier of a foreign checkpoint.")),
+        DATASET, DATA_DIR,
+        click.option("--download", is_flag=True, help="Download the data set if missing (needs network)."),
+        IMAGE_SIZE, UNSAFE_LOAD,
+    ], command)
+
+
+OUT_CSV = click.option("--out", required=True, help="CSV file to write.")
+
+
+def prepare(out: str, evaluation: EvalConfig, ckpt: str, **source) -> tuple[Any, Any, Any, Any]:
+    """Check the output file, then load the checkpoint and the data it is evaluated on: (loaded, data, world,
+    device), `source` naming the model and data as `load_for_evaluation` takes them."""
+    from loafing.distributed import current_world
+    from loafing.io import check_output_file
+    from loafing.measure import evaluation_device, load_for_evaluation
+
+    check_output_file(out, [ckpt], folders=[source.get("data_dir")])
+    world = current_world()
+    device = evaluation_device(evaluation, world)
+    loaded, data = load_for_evaluation(ckpt, world=world, out=out, **source)
+    return loaded, data, world, device
+
+
+@click.command()
+@checkpoint_options
+@eval_options()
+@click.option("--plan", "plan_texts", multiple=True, help="Evaluate this plan (repeatable) instead of --space.")
+@OUT_CSV
+@QUIET
+def measure(out: str, quiet: bool, plan_texts: tuple[str, ...], **options) -> None:
+    """Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV.
+
+    Under torchrun the processes share the plans out and rank 0 writes the one CSV."""
+    from loafing.distributed import process_group
+    from loafing.measure import measure_plans, plans_to_measure, summarize_measure
+    from loafing.plans import parse_plan
+    from loafing.schema import write_table
+
+    if plan_texts and click.get_current_context().get_parameter_source("space") is ParameterSource.COMMANDLINE:
+        raise LoafingError("--plan and --space both choose the plans to evaluate; give one of them")
+    evaluation = eval_config(options)
+    plans = list(dict.fromkeys(parse_plan(text) for text in plan_texts))  # a plan given twice is measured once
+    loaded, data, world, device = prepare(out, evaluation, **options)
+    plans = plans or plans_to_measure(loaded, evaluation.space)
+    with process_group(world, device):
+        df = measure_plans(loaded, plans, data, evaluation, progress=not quiet, world=world,
+                           space="plans" if plan_texts or len(plans) == 1 else evaluation.space)
+    if not world.is_main:
+        return
+    write_table(df, out, "measure")
+    s = summarize_measure(df)
+    click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {len(df)} plans on {data.name} -> {out}")
+    parts = [f"main top-1 {s['main_top1']:.2f}%" if s["n_subnetworks"] < len(df) else "main network not measured"]
+    if s["n_subnetworks"]:
+        parts.append(f"{s['n_subnetworks']} sub-networks: max {s['sub_max']:.2f} mean {s['sub_mean']:.2f} "
+                     f"std {s['sub_std']:.2f} min {s['sub_min']:.2f}")
+    click.echo(" | ".join(parts))
+
+
+@click.command()
+@checkpoint_options
+@eval_options("space")
+@click.option("--mode", required=True, type=registry_choice("mode", "loafing.destruct", "MODES"),
+              help="What to do to the layers.")
+@click.option("--max-combos", type=POSITIVE_INT, default=MAX_COMBOS,
+              help="Per number of deleted layers / swaps, evaluate at most this many (a sample seeded by --seed).")
+@OUT_CSV
+@QUIET
+def destruct(out: str, quiet: bool, mode: str, max_combos: int, **options) -> None:
+    """Delete or permute layers and measure the accuracy drop of every destroyed network.
+
+    Under torchrun the processes share the networks out and rank 0 writes the one CSV."""
+    from loafing.destruct import destruct as run_destruct, summarize_drops
+    from loafing.distributed import process_group
+    from loafing.schema import write_table
+
+    evaluation = eval_config(options)
+    loaded, data, world, device = prepare(out, evaluation, **options)
+    with process_group(world, device):
+        df = run_destruct(loaded, data, mode, evaluation, max_combos=max_combos, progress=not quiet, world=world)
+    if not world.is_main:
+        return
+    write_table(df, out, "destruct")
+    main_top1 = df.loc[df["is_main"], "top1"].iloc[0]
+    click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {mode}: {len(df) - 1} destroyed "
+               f"networks on {data.name}, main top-1 {main_top1:.2f}% -> {out}")
+    click.echo(summarize_drops(df[df["n"] > 0]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
+@click.command("inside-vs-alone")
+@click.option("--ckpt", "checkpoints", multiple=True, required=True,
+              help="A checkpoint, as PATH (loafing's own) or MODEL=PATH (foreign); give two or more of one family.")
+@DATASET
+@DATA_DIR
+@IMAGE_SIZE
+@UNSAFE_LOAD
+@eval_options("space")
+@click.option("--out", type=str, required=True,
+              help="Folder for measure.csv and the figures (fig1, the inside grid).")
+@QUIET
+def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir: str | None, image_size: int | None,
+                    unsafe_load: bool, out: str, quiet: bool, **options) -> None:
+    """Each smaller network inside each bigger one (BN-recalibrated) vs each on its own.
+
+    The paper's Figure 1 and Tables r5, r6; writes measure.csv, the figures and inside.md to --out."""
+    from loafing.distributed import require_one_process
+    from loafing.figures import make_figures
+    from loafing.inside import inside_vs_alone as study, load_family
+    from loafing.io import check_output_file, check_output_folder
+    from loafing.measure import evaluation_device
+    from loafing.schema import write_table
+
+    require_one_process("`loafing inside-vs-alone`")
+    evaluation = eval_config(options)
+    check_output_file(Path(check_output_folder(out, folders=[data_dir])) / "measure.csv",
+                      [t.rpartition("=")[2] for t in checkpoints], folders=[data_dir])
+    evaluation_device(evaluation)  # a bad --device is said before the checkpoints are read
+    networks, data = load_family(checkpoints, dataset, data_dir, image_size, unsafe_load, out_folder=out)
+    write_table(study(networks, data, evaluation, progress=not quiet), Path(out) / "measure.csv", "measure")
+    outcomes = make_figures(out, out, ["fig1", "inside"])
+    click.echo((Path(out) / "inside.md").read_text() if (Path(out) / "inside.md").exists() else "")
+    echo_figures(outcomes)

@@ -1,0 +1,151 @@
+"""How the figures name, colour and order training schemes: read from the rows themselves (the `method_label`,
+`method_colour`, `method_role` and `method_order` columns every writer fills from the method registry), so the
+figures need neither the registry nor torch. A method whose rows carry no style gets a default one."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from loafing.schema import FOREIGN_METHOD
+
+CONVENTIONAL, STIMULATIVE = "conventional", "stimulative"  # the roles figures give a method (see loafing.schema)
+ALONE = "alone"
+ALONE_LABEL = "trained alone"
+ALONE_COLOUR = "#55a868"
+# A stimulative method's restricted spaces (e.g. ST-K) get a colour from K itself, so ST-48 looks alike everywhere.
+RESTRICTED_COLOURS = ("#dd8452", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
+# A stimulative method with another sampling rule than the paper's ordered one: 'ST (raw)', 'ST (stochastic)'.
+SAMPLING_COLOURS = {"stochastic": "#e17c05", "raw": "#7f3c8d"}
+# Methods whose rows carry no colour (written by a method that was not registered then), in order of their labels.
+DEFAULT_COLOURS = ("#64b5cd", "#ccb974", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+
+
+def is_blank(values: pd.Series) -> pd.Series:
+    """True where a CSV cell was empty (NaN after reading, or an empty string)."""
+    return values.isna() | (values.astype("string").str.strip() == "")
+
+
+def is_blank_cell(value: object) -> bool:
+    """True for one empty CSV cell (NaN after reading, or an empty string)."""
+    return bool(pd.isna(value)) or str(value).strip() == ""
+
+
+@dataclass(frozen=True)
+class MethodStyle:
+    """A method as the figures show it: its label, colour, role and position in the registry."""
+
+    label: str
+    colour: str
+    role: str
+    order: float  # inf for methods without a registry position (drawn after the registered ones)
+
+
+def _cell(row: pd.Series, column: str) -> object:
+    return row[column] if column in row.index and not is_blank_cell(row[column]) else None
+
+
+def method_styles(df: pd.DataFrame) -> dict[str, MethodStyle]:
+    """Each method in `df` (by name) with the style its rows carry, or a default one (its name, a default colour)."""
+    firsts = df.drop_duplicates("method")
+    styles: dict[str, MethodStyle] = {}
+    unstyled = []
+    for _, row in firsts.iterrows():
+        label, colour = _cell(row, "method_label"), _cell(row, "method_colour")
+        if label is None or colour is None:
+            unstyled.append(str(row["method"]))
+            continue
+        order = _cell(row, "method_order")
+        styles[str(row["method"])] = MethodStyle(str(label), str(colour), str(_cell(row, "method_role") or ""),
+                                                 math.inf if order is None else float(order))
+    for i, method in enumerate(sorted(unstyled)):
+        styles[method] = MethodStyle(method, DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)], "", math.inf)
+    return styles
+
+
+@dataclass(frozen=True)
+class Schemes:
+    """The colours and order of the schemes built from a set of methods' styles ('CT', 'ST-48', 'ST (raw)', ...)."""
+
+    methods: dict[str, MethodStyle]
+
+    def _by_label(self) -> dict[str, MethodStyle]:
+        return {style.label: style for style in self.methods.values()}
+
+    def role_label(self, role: str) -> str | None:
+        """The label of the first method (in registry order) with this role, if any; foreign checkpoints are
+        conventionally trained, but no method of ours."""
+        styles = sorted((s for m, s in self.methods.items() if s.role == role and m != FOREIGN_METHOD),
+                        key=lambda s: (s.order, s.label))
+        return styles[0].label if styles else None
+
+    def split_restricted(self, scheme: str) -> tuple[str, int] | None:
+        """('ST', 48) for 'ST-48': a method's label and a space size; None otherwise."""
+        base, _, size = scheme.rpartition("-")
+        return (base, int(size)) if base in self._by_label() and size.isdigit() and int(size) > 0 else None
+
+    def split_sampling(self, scheme: str) -> tuple[str, str] | None:
+        """('ST', 'raw') for 'ST (raw)': a method's label and a sampling rule; None otherwise."""
+        base, _, rule = scheme.partition(" (")
+        return (base, rule[:-1]) if base in self._by_label() and rule[:-1] in SAMPLING_COLOURS else None
+
+    def colour(self, scheme: str) -> str:
+        """The fixed colour of a scheme: its method's, one per space size for 'LABEL-K', green for 'alone'."""
+        labels = self._by_label()
+        if scheme == ALONE:
+            return ALONE_COLOUR
+        if scheme in labels:
+            return labels[scheme].colour
+        restricted = self.split_restricted(scheme)
+        if restricted is not None:
+            return RESTRICTED_COLOURS[int(math.log2(restricted[1])) % len(RESTRICTED_COLOURS)]
+        sampled = self.split_sampling(scheme)
+        if sampled is not None:
+            return SAMPLING_COLOURS[sampled[1]]
+        return DEFAULT_COLOURS[-1]
+
+    def palette(self, schemes: Sequence[str]) -> dict[str, str]:
+        """Colour of each scheme."""
+        return {scheme: self.colour(scheme) for scheme in schemes}
+
+    def order(self, schemes: Sequence[str]) -> list[str]:
+        """Schemes in registry order of their methods, restricted spaces by growing size before the full one,
+        other sampling rules after it, then schemes of methods without a registry position by label."""
+        labels = self._by_label()
+
+        def key(scheme: str) -> tuple[float, float, str]:
+            if scheme in labels:
+                return (labels[scheme].order, math.inf, scheme)
+            restricted = self.split_restricted(scheme)
+            if restricted is not None:
+                return (labels[restricted[0]].order, float(restricted[1]), scheme)
+            sampled = self.split_sampling(scheme)
+            if sampled is not None:
+                return (labels[sampled[0]].order, math.inf, scheme)  # after the plain label: a prefix sorts first
+            return (math.inf, math.inf, scheme)
+        return sorted(set(schemes), key=key)
+
+
+def schemes_of(df: pd.DataFrame) -> Schemes:
+    """The schemes' styles of the methods in `df`."""
+    return Schemes(method_styles(df))
+
+
+def use_style() -> None:
+    """Apply the one plotting style every figure shares."""
+    sns.set_theme(style="whitegrid", context="paper")
+
+
+def figure_legend(fig: Figure, axes: Sequence[Axes], ncols: int | None = None) -> None:
+    """Replace the axes' legends by one figure legend below the panels."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols or min(len(labels), 6), frameon=False)
