@@ -130,18 +130,18 @@ def load_config(run_dir: str | Path) -> TrainConfig:
     return config_from_dict(values, str(path))
 
 
-def check_resumable(run_dir: Path, config: TrainConfig) -> None:
+def check_resumable(run_dir: Path) -> None:
     """Refuse to resume a run whose config.json no longer says what its checkpoint was trained with (an edited
     config.json would continue, say, at another length or learning rate without a word)."""
     path = run_dir / CHECKPOINT_NAME
     saved = read_checkpoint(path, resume=True)["config"]
     trained = dataclasses.asdict(config_from_dict(saved, f"the configuration in {str(path)!r}"))
-    wanted = dataclasses.asdict(config)
-    changed = [name for name in wanted if name != "out" and trained.get(name) != wanted[name]]
+    written = dataclasses.asdict(load_config(run_dir))
+    changed = [name for name in written if trained.get(name) != written[name]]
     if changed:
         name = changed[0]
         raise LoafingError(f"{str(run_dir / CONFIG_NAME)!r} does not match its checkpoint: {name} is "
-                           f"{wanted[name]!r} there, {trained.get(name)!r} in the checkpoint; restore it, or train "
+                           f"{written[name]!r} there, {trained.get(name)!r} in the checkpoint; restore it, or train "
                            "a new run")
 
 
@@ -229,7 +229,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, r
             if resume and not (out / CHECKPOINT_NAME).exists():
                 raise LoafingError(f"{str(out)!r} holds no checkpoint to resume")
             if resume:
-                check_resumable(out, config)
+                check_resumable(out)
             if resume and config.world_size != world.size:
                 raise LoafingError(f"the run in {str(out)!r} was trained by {config.world_size} process(es); resume "
                                    f"it with as many (torchrun --nproc_per_node {config.world_size}), not {world.size}")

@@ -32,6 +32,7 @@ def lam(run: RunSpec) -> float:
     return flat_settings(run.config).get("lam", 1.0)
 
 
+@pytest.mark.slow  # 30 s: a whole study trained; test_reproduce keeps a quicker end-to-end study in the default run
 def test_lambda_ablation_sweeps_lambda_and_seeds(tmp_path):
     study = load_study(my_ablation(tmp_path))
     assert [(r.config.method, lam(r), r.config.seed) for r in study.runs] == [
