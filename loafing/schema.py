@@ -239,7 +239,7 @@ def read_table(path: str | Path, table: str, required: Sequence[str] | None = No
 
 def _inferred_kind(values: pd.Series) -> str:
     """The narrowest column type that every non-empty text cell of `values` reads as."""
-    blank = _blank(values)
+    blank = is_blank(values)
     cells = values[~blank].astype(str).str.strip()
     if cells.empty:
         return TEXT
@@ -251,14 +251,14 @@ def _inferred_kind(values: pd.Series) -> str:
     return OPTIONAL_INT if cells.str.fullmatch(r"[+-]?\d+").all() else FLOAT
 
 
-def _blank(values: pd.Series) -> pd.Series:
-    """True for empty cells (missing, or only spaces)."""
+def is_blank(values: pd.Series) -> pd.Series:
+    """True for empty CSV cells (missing, or only spaces)."""
     return values.isna() | (values.astype("string").str.strip() == "").fillna(True)
 
 
 def _parse(values: pd.Series, kind: str, path: str | Path, column: str) -> pd.Series:
     """Text cells of one CSV column as the column's type (empty cells are missing values)."""
-    blank = _blank(values)
+    blank = is_blank(values)
     if kind == BOOL:
         lowered = values.str.strip().str.lower()
         if not lowered.isin(["true", "false"]).all():

@@ -12,7 +12,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from loafing.schema import FOREIGN_METHOD
+from loafing.schema import FOREIGN_METHOD, is_blank  # noqa: F401  (the figures' test of an empty cell)
 
 CONVENTIONAL, STIMULATIVE = "conventional", "stimulative"  # the roles figures give a method (see loafing.schema)
 ALONE = "alone"
@@ -24,11 +24,6 @@ RESTRICTED_COLOURS = ("#dd8452", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#c
 SAMPLING_COLOURS = {"stochastic": "#e17c05", "raw": "#7f3c8d"}
 # Methods whose rows carry no colour (written by a method that was not registered then), in order of their labels.
 DEFAULT_COLOURS = ("#64b5cd", "#ccb974", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
-
-
-def is_blank(values: pd.Series) -> pd.Series:
-    """True where a CSV cell was empty (NaN after reading, or an empty string)."""
-    return values.isna() | (values.astype("string").str.strip() == "")
 
 
 def is_blank_cell(value: object) -> bool:
