@@ -17,6 +17,11 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether `model` has a BatchNorm layer with running statistics, i.e. anything to recalibrate."""
+    return any(bn.track_running_stats and bn.running_mean is not None for bn in batchnorms(model))
+
+
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:
     """Set the running-statistics momentum of every BN layer (training hyper-parameter, not architecture)."""
     for bn in batchnorms(model):
@@ -170,6 +175,9 @@ def recalibrate_bn(model: nn.Module, plan: Plan | None, batches: Iterable[torch.
     A batch of one image is joined to a neighbour (`batches_of_two_or_more`). Layers outside the plan are
     reset too (they are unused by it); wrap in `preserved_bn_state` to keep the main network's statistics.
     """
+    if not has_batchnorm(model):  # a LayerNorm network: the calibration pass would change nothing
+        model.eval()
+        return
     for bn in batchnorms(model):
         bn.reset_running_stats()
     model.train()

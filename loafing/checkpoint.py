@@ -17,6 +17,7 @@ from loafing.config import TrainConfig
 from loafing.errors import LoafingError, LoafingWarning
 from loafing.io import save_torch
 from loafing.models import StagedModel, create_model, get_spec
+from loafing.models.registry import check_model_args
 from loafing.options import option_specs
 from loafing.schema import FOREIGN_METHOD
 
@@ -141,6 +142,10 @@ def check_own_checkpoint(obj: dict[str, Any], path: str | Path, resume: bool = F
     config, ranges = obj["config"], {spec.name: spec.range for spec in option_specs(TrainConfig)}
     if not isinstance(config.get("model"), str):
         raise _bad(path, f"its config names no model (model is {config.get('model')!r})")
+    try:
+        check_model_args(config.get("model_args"), config["model"])
+    except LoafingError as err:
+        raise _bad(path, f"its config's model arguments: {err}") from None
     classes = config.get("num_classes")
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise _bad(path, f"its config says {classes!r} classes, not a positive number")
@@ -204,7 +209,8 @@ def load_model(path: str | Path, model_name: str | None = None, width_mult: floa
         config = dict(obj["config"])
         if model_name and model_name != config["model"]:
             raise LoafingError(f"checkpoint holds {config['model']!r}, not {model_name!r}")
-        model = create_model(config["model"], config["num_classes"], config.get("width_mult", 1.0))
+        model = create_model(config["model"], config["num_classes"], config.get("width_mult", 1.0),
+                             config.get("model_args"))
         load_weights(model, obj["model"], f"checkpoint {str(path)!r}")
         model.set_normalization(obj["normalization"]["mean"], obj["normalization"]["std"])
         warn_if_not_finite(model, path)

@@ -24,8 +24,8 @@ def _registry(name: str) -> Callable[[], list[str]]:
     """The names registered in one of the toolkit's registries, looked up when asked (imports stay lazy)."""
     def names() -> list[str]:
         if name == "models":
-            from loafing.models import MODELS
-            return list(MODELS)
+            from loafing.models import model_choices
+            return model_choices()
         from loafing.data import DATASETS
         return list(DATASETS)
     return names
@@ -35,8 +35,12 @@ def _registry(name: str) -> Callable[[], list[str]]:
 class TrainConfig:
     """Everything that defines a training run; saved next to its results. Defaults: paper Sec. 6 (CIFAR)."""
 
-    model: str = option("mobilenet_v3_large", "Registered model (see `loafing models`).",
-                        choices=_registry("models"), what="model")
+    model: str = option("mobilenet_v3_large", "Registered model, or a timm / torchvision network as timm:<name> / "
+                        "torchvision:<name> (see `loafing models`).", choices=_registry("models"), what="model")
+    # A timm / torchvision network's builder arguments (repeatable --model-arg key=value on the command line).
+    model_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Builder arguments of a timm / torchvision network.", "range": None, "choices": None, "what": "",
+        "cli": False})
     width_mult: float = option(1.0, "Width multiplier (models that support it; see `loafing models`).",
                                range=Range(0, 16, low_open=True))
     dataset: str = option("digits", "Data set.", choices=_registry("datasets"), what="dataset")
@@ -54,6 +58,15 @@ class TrainConfig:
     lr: float = option(0.05, "Initial learning rate (cosine decay to 0).", range=POSITIVE)
     weight_decay: float = option(3e-5, "SGD weight decay.", range=NON_NEGATIVE)
     momentum: float = option(0.9, "SGD momentum.", range=Range(0, 1, high_open=True))
+    nesterov: bool = option(False, "Nesterov momentum (the ST++ recipe).")
+    lr_step: str = option("epoch", "When the cosine schedule steps: every epoch, or every iteration (the ST++ "
+                          "recipe).", choices=lambda: ["epoch", "iteration"], what="schedule step")
+    bn_reestimate: int = option(0, "After every epoch, re-estimate the main network's BN running statistics on this "
+                                "many seeded training images (0: never; the ST++ recipe: 2000).", range=NON_NEGATIVE)
+    train_image_size: int | None = option(None, "Side of the training crops, if not --image-size (the ST++ ImageNet "
+                                          "recipe: 200 for a 224 test crop).", range=Range(1, 1024))
+    eval_resize: int | None = option(None, "Side the evaluation resizes to before its center crop; default: the "
+                                     "recipe's (ImageNet: 256 for 224; the ST++ recipe: 240).", range=Range(1, 4096))
     bn_momentum: float | None = option(None, "BN running-statistics momentum; default: the model's own "
                                        "(torchvision's MobileNetV3: 0.01).", range=Range(0, 1, low_open=True))
     channels_last: bool = option(False, "Train with NHWC activations (about 2x faster on CPU for MobileNetV3).")
@@ -174,7 +187,8 @@ def make_train_config(values: Mapping[str, Any], source: str = "") -> TrainConfi
     hints = typing.get_type_hints(TrainConfig)
     common = {name: value for name, value in values.items() if name in hints}
     for name, value in common.items():
-        _check_type(where, name, value, typing.get_args(hints[name]) or (hints[name],))
+        kinds = (dict,) if typing.get_origin(hints[name]) is dict else typing.get_args(hints[name]) or (hints[name],)
+        _check_type(where, name, value, kinds)
     method = common.get("method", TrainConfig.method)
     if not METHOD_OPTIONS:  # a programming error, not a user's: the registry fills the table when imported
         raise LoafingError("no training method is registered: import loafing.methods first")
@@ -203,6 +217,9 @@ def validate_config(config: TrainConfig) -> None:
         if f.name != "method_options":
             check_value("--" + f.name.replace("_", "-"), getattr(config, f.name), f.metadata["range"],
                         f.metadata["choices"], f.metadata["what"])
+    from loafing.models.registry import check_model_args  # torch-free
+
+    config.model_args = check_model_args(config.model_args, config.model)
     options = _chosen_options(config.method, config.method_options)
     for spec in METHOD_OPTIONS[config.method]:
         check_value(spec.flag, options[spec.name], spec.range, spec.choices, spec.what)

@@ -9,6 +9,7 @@ processes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,11 +234,21 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
 
 
 def load_dataset(name: str, data_dir: str | None = None, download: bool = False, recipe: str = "cifar",
-                 image_size: int | None = None) -> DataSplits:
-    """Load a registered data set by name, in a model's input recipe (`image_size` overrides its size)."""
+                 image_size: int | None = None, train_image_size: int | None = None,
+                 eval_resize: int | None = None) -> DataSplits:
+    """Load a registered data set by name, in a model's input recipe (`image_size` overrides its size; the training
+    crops may be smaller, `train_image_size`, and evaluation may resize to another side first, `eval_resize`)."""
     if name not in DATASETS:
         raise LoafingError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
-    return DATASETS[name](data_dir=data_dir, download=download, recipe=recipe, image_size=image_size)
+    data = DATASETS[name](data_dir=data_dir, download=download, recipe=recipe, image_size=image_size)
+    if train_image_size is None and eval_resize is None:
+        return data
+    if not isinstance(data.train, Images):
+        raise LoafingError("--train-image-size and --eval-resize apply to image data sets (cifar10, cifar100, "
+                           f"imagefolder), not to {name}")
+    augment, plain = RECIPES[recipe].transforms(image_size, train_image_size, eval_resize)
+    return dataclasses.replace(data, train=Images(data.train.source, augment),
+                               train_plain=Images(data.train_plain.source, plain), test=Images(data.test.source, plain))
 
 
 def seeded_subset(dataset: Dataset, size: int, seed: int) -> Dataset:

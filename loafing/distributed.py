@@ -11,7 +11,7 @@ import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -75,8 +75,8 @@ def join(world: World, device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    # The other ranks wait at their next collective while rank 0 evaluates an epoch alone (a full test set,
-    # the KL of every plan): NCCL's default 10 minutes could end a healthy run. A dead rank is caught by torchrun.
+    # A rank may wait at a collective while another finishes a longer share of an epoch's evaluation (or rank 0
+    # writes a checkpoint): NCCL's default 10 minutes could end a healthy run. A dead rank is caught by torchrun.
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size,
                             timeout=COLLECTIVE_TIMEOUT)
 
@@ -146,6 +146,15 @@ def gather_objects(world: World, obj: T) -> list[T]:
     out: list[Any] = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
+
+
+def shared_tasks(world: World, tasks: Sequence[Callable[[], T]]) -> list[T]:
+    """Every task's result on every rank, task i computed by rank i % world.size (all of them by one process)."""
+    mine = {i: task() for i, task in enumerate(tasks) if i % world.size == world.rank}
+    results: dict[int, T] = {}
+    for part in gather_objects(world, mine):
+        results.update(part)
+    return [results[i] for i in range(len(tasks))]
 
 
 def all_reduce_sum(world: World, tensor: torch.Tensor) -> torch.Tensor:

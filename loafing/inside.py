@@ -7,15 +7,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import math
+
 import pandas as pd
+import torch
 
 from loafing.checkpoint import LoadedModel, load_model
-from loafing.data import DataSplits
+from loafing.data import DataSplits, make_loader
 from loafing.errors import LoafingError
 from loafing.eval_config import EvalConfig
 from loafing.io import check_output_folder
-from loafing.measure import check_classes, evaluation_data, measure_plans, trained_plan
+from loafing.measure import (architecture_names, calibration_columns, calibration_loader, check_classes,
+                             evaluation_data, evaluation_device, measure_plans, trained_plan)
+from loafing.plan_tree import evaluate_plans
 from loafing.plans import Plan, ordered_plan
+from loafing.schema import method_style, run_identifiers, with_run_identifiers
+
+Z_95 = 1.959964  # two-sided 95% normal quantile
 
 
 def architecture_depths(loaded: LoadedModel) -> tuple[int, ...]:
@@ -67,3 +75,53 @@ def inside_vs_alone(networks: Sequence[LoadedModel], data: DataSplits, evaluatio
     if not (~table["is_main"]).any():
         raise LoafingError("none of the networks fits inside another (same number of stages, no stage deeper)")
     return table
+
+
+def _correct(loaded: LoadedModel, plans: list[Plan], data: DataSplits, evaluation: EvalConfig,
+             progress: bool) -> torch.Tensor:
+    """Whether each plan of `loaded` classifies each test image right ([plans, N]), BN-recalibrated as measure does."""
+    device = evaluation_device(evaluation)
+    test_loader = make_loader(data.test, evaluation.batch_size)
+    _, predicted = evaluate_plans(loaded.model.to(device), plans, test_loader,
+                                  calibration_loader(loaded.model, data, evaluation), device, progress,
+                                  predictions=True, reference=trained_plan(loaded))
+    labels = torch.cat([y for _, y in test_loader])
+    return predicted == labels.unsqueeze(0)
+
+
+def loafing_gaps(networks: Sequence[LoadedModel], data: DataSplits, evaluation: EvalConfig, *,
+                 progress: bool = True) -> pd.DataFrame:
+    """For every host network (of any method) and every conventionally trained network whose architecture fits
+    inside it: that architecture's top-1 inside the host and alone, and the gap (inside − alone) with its 95% CI
+    paired over the test images (each image scored by both networks). The CI is the test set's uncertainty, not
+    training's: one seed of each network says nothing about how the gap varies from run to run. Empty when no
+    conventionally trained network fits inside another."""
+    alone = [n for n in networks if method_style(str(n.config.get("method")))["method_role"] == "conventional"]
+    own = {id(n): _correct(n, [trained_plan(n) or n.model.layout.main_plan], data, evaluation, progress)[0]
+           for n in alone}
+    rows = []
+    for host in networks:
+        if trained_plan(host) is not None:
+            continue
+        layout = host.model.layout
+        pairs = [(other, ordered_plan(layout, architecture_depths(other))) for other in alone if other is not host
+                 and architecture_depths(other) in {p.depths for p in inside_plans(host, [other])[1:]}]
+        if not pairs:
+            continue
+        inside = _correct(host, [plan for _, plan in pairs], data, evaluation, progress)
+        for (other, plan), correct in zip(pairs, inside):
+            differences = correct.double() - own[id(other)].double()
+            n = differences.numel()
+            gap = 100 * differences.mean().item()
+            half = 100 * Z_95 * differences.std().item() / math.sqrt(n) if n > 1 else math.nan
+            depths = plan.depths_str
+            table = pd.DataFrame([{
+                "depths": depths,
+                "architecture": architecture_names(host.config["model"], [depths], host.config.get("model_args"))[0],
+                "plan": str(plan), "alone_run": str(other.config.get("run") or ""),
+                "top1_inside": 100 * correct.double().mean().item(),
+                "top1_alone": 100 * own[id(other)].double().mean().item(), "gap": gap, "gap_ci_low": gap - half,
+                "gap_ci_high": gap + half, "n_examples": n,
+                **calibration_columns(host.model, data, evaluation)}])
+            rows.append(with_run_identifiers(table, run_identifiers(host.config, data.name)))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 import loafing.methods  # noqa: F401  (rows carry the registered methods' styles and run columns)
+from loafing.bn import has_batchnorm
 from loafing.checkpoint import LoadedModel, load_model
 from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
 from loafing.distributed import World, process_device, shared_error
@@ -15,7 +17,7 @@ from loafing.errors import LoafingError
 from loafing.eval_config import EvalConfig
 from loafing.evaluate import check_plans, resolve_device
 from loafing.io import check_output_file
-from loafing.models import get_spec
+from loafing.models import StagedModel, get_spec
 from loafing.plan_tree import evaluate_plans_across
 from loafing.plans import Plan, get_space, parse_plan
 from loafing.schema import run_identifiers, with_run_identifiers
@@ -27,7 +29,8 @@ def evaluation_data(loaded: LoadedModel, dataset: str | None = None, data_dir: s
     in its model's input recipe at its training image size unless `image_size` says otherwise."""
     dataset = dataset or loaded.config.get("dataset") or "digits"
     data = load_dataset(dataset, data_dir or loaded.config.get("data_dir"), download,
-                        get_spec(loaded.config["model"]).recipe, image_size or loaded.config.get("image_size"))
+                        get_spec(loaded.config["model"], loaded.config.get("model_args")).recipe,
+                        image_size or loaded.config.get("image_size"), eval_resize=loaded.config.get("eval_resize"))
     check_classes(loaded, data)
     return data
 
@@ -70,6 +73,27 @@ def evaluation_device(evaluation: EvalConfig, world: World = World()) -> torch.d
     return process_device(world, resolve_device(evaluation.device))
 
 
+def recalibrates(model: StagedModel, evaluation: EvalConfig) -> bool:
+    """Whether BN is recalibrated for this evaluation (LayerNorm networks have nothing to recalibrate)."""
+    return evaluation.recalibrate and has_batchnorm(model)
+
+
+def calibration_loader(model: StagedModel, data: DataSplits, evaluation: EvalConfig) -> DataLoader | None:
+    """The seeded training images that recalibrate BN before each evaluation, or None when nothing is recalibrated."""
+    if not recalibrates(model, evaluation):
+        return None
+    return make_loader(seeded_subset(data.train_plain, evaluation.calib_size, evaluation.calib_seed),
+                       evaluation.batch_size)
+
+
+def calibration_columns(model: StagedModel, data: DataSplits, evaluation: EvalConfig) -> dict[str, Any]:
+    """The calibration columns of an evaluation's rows: recalibrated, calib_size, calib_seed."""
+    recalibrated = recalibrates(model, evaluation)
+    return {"recalibrated": recalibrated,
+            "calib_size": min(evaluation.calib_size, len(data.train_plain)) if recalibrated else 0,
+            "calib_seed": evaluation.calib_seed}
+
+
 def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, evaluation: EvalConfig, *,
                   space: str = "plans", progress: bool = True, world: World = World()) -> pd.DataFrame:
     """The measure table of `plans` on the test split, each BN-recalibrated on a seeded subset of the train split.
@@ -82,23 +106,18 @@ def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, 
     device = evaluation_device(evaluation, world)
     model = loaded.model.to(device)
     test_loader = make_loader(data.test, evaluation.batch_size)
-    calib_loader = None
-    if evaluation.recalibrate:
-        calib_subset = seeded_subset(data.train_plain, evaluation.calib_size, evaluation.calib_seed)
-        calib_loader = make_loader(calib_subset, evaluation.batch_size)
-    df = evaluate_plans_across(world, model, plans, test_loader, calib_loader, device, progress,
-                               reference=trained_plan(loaded))
-    df["recalibrated"] = evaluation.recalibrate
-    df["calib_size"] = min(evaluation.calib_size, len(data.train_plain)) if evaluation.recalibrate else 0
-    df["calib_seed"] = evaluation.calib_seed
+    df = evaluate_plans_across(world, model, plans, test_loader, calibration_loader(model, data, evaluation), device,
+                               progress, reference=trained_plan(loaded))
+    for column, value in calibration_columns(model, data, evaluation).items():
+        df[column] = value
     df["space"] = space
-    df["architecture"] = architecture_names(loaded.config["model"], df["depths"])
+    df["architecture"] = architecture_names(loaded.config["model"], df["depths"], loaded.config.get("model_args"))
     return with_run_identifiers(df, run_identifiers(loaded.config, data.name))
 
 
-def architecture_names(model: str, depths: Sequence[str]) -> list[str]:
+def architecture_names(model: str, depths: Sequence[str], model_args: dict | None = None) -> list[str]:
     """What the model's spec calls each network of these per-stage depths ("ResNet20"), or "" (for the figures)."""
-    spec = get_spec(model)
+    spec = get_spec(model, model_args)
     return [spec.architecture_name(tuple(int(d) for d in text.split("-"))) or "" for text in depths]
 
 

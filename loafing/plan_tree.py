@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from loafing.bn import batches_of_two_or_more, batchnorms, whole_set_statistics
+from loafing.bn import batches_of_two_or_more, batchnorms, has_batchnorm, whole_set_statistics
 from loafing.distributed import World, gather_objects
 from loafing.evaluate import plan_row
 from loafing.models import StagedModel
@@ -226,6 +226,8 @@ def evaluate_plans(model: StagedModel, plans: Sequence[Plan], test_loader: DataL
     KL and `is_main` refer to `reference` (default: the main network).
     The model's own BN statistics and train/eval mode are left as they were.
     """
+    if calib_loader is not None and not has_batchnorm(model):  # nothing to recalibrate: skip the calibration pass
+        calib_loader = None
     evaluator = PlanTreeEvaluator(model, plans, device, reference)
     total = len(test_loader) + (len(calib_loader) if calib_loader is not None else 0)
     with own_bn_tensors(model), tqdm(total=total, desc=f"{len(plans)} plans", unit="batch", leave=False,

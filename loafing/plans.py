@@ -193,8 +193,28 @@ def raw_space(layout: Layout) -> list[Plan]:
     return _kept_subsets(layout, branch_only=True)
 
 
+# The official code's `space3` for ResNet-50 (stages 3-4-6-3): per stage, how many blocks may be dropped from its end.
+SPACE3_DROPS = (0, 1, 3, 0)
+
+
+def space3_depths(layout: Layout) -> list[tuple[int, ...]]:
+    """Per stage the depths `space3` allows: stages 1 and 4 whole, stage 2 minus at most 1 block, stage 3 minus at
+    most 3 (never below one block); defined for four-stage networks only."""
+    if len(layout.stages) != len(SPACE3_DROPS):
+        raise LoafingError(f"the space3 space is defined for four-stage networks (ResNet-50's: at most 1 block "
+                           f"dropped in stage 2 and 3 in stage 3, stages 1 and 4 never); this model has "
+                           f"{len(layout.stages)} stages; choose another space or sampling rule")
+    return [tuple(range(max(1, n - d), n + 1)) for n, d in zip(layout.stage_sizes, SPACE3_DROPS)]
+
+
+def space3_space(layout: Layout) -> list[Plan]:
+    """The official code's restricted inter-stage space: ordered plans within `space3_depths`."""
+    return [ordered_plan(layout, depths) for depths in itertools.product(*space3_depths(layout))]
+
+
 SPACES: dict[str, Callable[[Layout], list[Plan]]] = {
-    "ordered": ordered_space, "uniform": uniform_space, "stochastic": stochastic_space, "raw": raw_space}
+    "ordered": ordered_space, "uniform": uniform_space, "stochastic": stochastic_space, "raw": raw_space,
+    "space3": space3_space}
 
 
 def get_space(name: str, layout: Layout) -> list[Plan]:
@@ -241,8 +261,16 @@ def sample_raw_plan(layout: Layout, rng: random.Random) -> Plan:
     return _sample_kept(layout, rng, branch_only=True)
 
 
-# ST's sampling rules (`--sampling`): ordered draws a depth per stage uniformly (the paper's Alg. 1); the
-# other two draw every plan of their space with equal probability.
+def sample_space3_plan(layout: Layout, rng: random.Random) -> Plan:
+    """The official code's space3 sampler: per stage a depth drawn uniformly from those `space3_depths` allows."""
+    return ordered_plan(layout, tuple(rng.choice(depths) for depths in space3_depths(layout)))
+
+
+# ST's sampling rules (`--sampling`): ordered and space3 draw a depth per stage uniformly (the paper's Alg. 1,
+# the official code's restricted space); the other two draw every plan of their space with equal probability.
 SAMPLING_RULES: dict[str, Callable[[Layout, random.Random], Plan]] = {
-    "ordered": sample_ordered_plan, "stochastic": sample_stochastic_plan, "raw": sample_raw_plan}
+    "ordered": sample_ordered_plan, "stochastic": sample_stochastic_plan, "raw": sample_raw_plan,
+    "space3": sample_space3_plan}
+# The rules whose plans keep a prefix of each stage (what a prefix-only model, a DenseNet, can run).
+ORDERED_RULES = ("ordered", "space3")
 

@@ -70,6 +70,15 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("destruct", "destruct.csv", {
         "mode": TEXT, "n": INT, "layers": TEXT, **PLAN_COLUMNS, **ARCHITECTURE_COLUMN, "top1": FLOAT, "drop": FLOAT, "top5": FLOAT,
         "loss": FLOAT, "n_examples": INT, "kl": FLOAT, **CALIBRATION_COLUMNS, "sampled": BOOL}),
+    # Per host network and architecture trained alone (Fig. 1's pairs): the loafing gap, paired over test images.
+    Table("loafing_gap", "loafing_gap.csv", {
+        "depths": TEXT, **ARCHITECTURE_COLUMN, "plan": TEXT, "alone_run": TEXT, "top1_inside": FLOAT,
+        "top1_alone": FLOAT, "gap": FLOAT, "gap_ci_low": FLOAT, "gap_ci_high": FLOAT, "n_examples": INT,
+        **CALIBRATION_COLUMNS}),
+    # Block influence (loafing/influence.py): 1 - mean cosine(block input, block output), and the delete-one drop.
+    Table("influence", "influence.csv", {
+        "block": INT, "stage": INT, "deletable": BOOL, "cosine": FLOAT, "influence": FLOAT, "top1_drop": FLOAT,
+        "n_examples": INT, **CALIBRATION_COLUMNS}),
     Table("kl_trajectory", "kl_trajectory.csv", {"epoch": INT, **PLAN_COLUMNS, "kl": FLOAT, "top1": FLOAT}),
     Table("train_log", "train_log.csv", {
         "epoch": INT, "lr": FLOAT, "loss": FLOAT, "ce": FLOAT, "kl": FLOAT,

@@ -13,7 +13,7 @@ import pandas as pd
 from loafing.checkpoint import load_model
 from loafing.destruct import MODES, destruct
 from loafing.eval_config import EvalConfig
-from loafing.inside import inside_vs_alone, load_family
+from loafing.inside import inside_vs_alone, load_family, loafing_gaps
 from loafing.io import write_json
 from loafing.measure import evaluation_data, measure_plans, plans_to_measure
 from loafing.schema import TABLES, read_table, write_table
@@ -108,14 +108,20 @@ def inside_grid(preset: Preset, runs_dir: Path, folder: Path, device: str, data_
             and all(is_fresh(csv, Path(c.rpartition("=")[2])) for c in checkpoints)):
         return
     networks, data = load_family(checkpoints, inside.dataset, data_dir)
-    write_table(inside_vs_alone(networks, data, evaluation_config(preset, device), progress=progress), csv, "measure")
+    evaluation = evaluation_config(preset, device)
+    write_table(inside_vs_alone(networks, data, evaluation, progress=progress), csv, "measure")
+    gaps, gaps_csv = loafing_gaps(networks, data, evaluation, progress=progress), folder / "loafing_gap.csv"
+    if gaps.empty:  # no network of the family was trained alone: there is no gap to measure
+        gaps_csv.unlink(missing_ok=True)
+    else:
+        write_table(gaps, gaps_csv, "loafing_gap")
     write_json(wanted, settings)
 
 
 def collect_results(folders: Sequence[Path], results_dir: Path) -> dict[str, Path]:
     """Concatenate the CSVs of these folders (runs, the inside grid) into one tidy CSV per table in `results_dir`."""
     sources = {"measure": ["measure.csv"], "destruct": [result_file(m) for m in MODES],
-               "kl_trajectory": [KL_NAME], "train_log": [LOG_NAME]}
+               "kl_trajectory": [KL_NAME], "train_log": [LOG_NAME], "loafing_gap": ["loafing_gap.csv"]}
     written = {}
     for table, files in sources.items():
         parts = [read_table(folder / f, table) for folder in folders for f in files if (folder / f).exists()]

@@ -15,17 +15,17 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from loafing.bn import synchronized_bn
+from loafing.bn import recalibrate_bn, synchronized_bn
 from loafing.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from loafing.config import AMP_DTYPES, TrainConfig, config_from_dict
-from loafing.data import make_loader, seeded_subset
+from loafing.data import images_only, make_loader, seeded_subset
 from loafing.device_data import DeviceBatches
 from loafing.distributed import (World, agree, all_reduce_sum, current_world, gather_objects, process_device,
-                                 process_group, shared_error)
+                                 process_group, shared_error, shared_tasks)
 from loafing.errors import LoafingError
 from loafing.evaluate import classification_metrics, predict, resolve_device
 from loafing.io import check_output_folder, run_folder_lock, write_json
-from loafing.plan_tree import evaluate_plans
+from loafing.plan_tree import evaluate_plans, evaluate_plans_across
 from loafing.schema import run_identifiers, write_table
 # A run's construction lives in training_run; its names stay importable from here.
 from loafing.training_run import (Run, StepModule, build_run, check_config, kl_trajectory_plans,  # noqa: F401
@@ -66,6 +66,8 @@ def train_one_epoch(run: Run, epoch: int, desc: str, progress: bool = True) -> d
             run.scaler.scale(loss).backward()
             run.scaler.step(run.optimizer)
             run.scaler.update()
+            if run.config.lr_step == "iteration":
+                run.scheduler.step()
             step = torch.stack([loss.detach(), ce.detach(), kl.detach(), loss.new_ones(())]).double() * len(y)
             if run.scaler.is_enabled():
                 step = torch.where(torch.isfinite(step[0]), step, torch.zeros_like(step))
@@ -89,23 +91,44 @@ def evaluate(run: Run) -> dict[str, float]:
 
     The running statistics lag the weights early in training (torchvision's MobileNetV3 updates them
     with momentum 0.01), so the recalibrated accuracy is the one to trust; the other is what the
-    network stored in its checkpoint computes.
+    network stored in its checkpoint computes. Under torchrun the two evaluations run on two ranks.
     """
-    running = classification_metrics(*predict(run.model, run.trained_plan, run.test_loader, run.device))
     plan = run.trained_plan or run.model.layout.main_plan
-    with untouched_rng(run.device):
-        recalibrated, _ = evaluate_plans(run.model, [plan], run.test_loader, run.calib_loader, run.device,
-                                         progress=False, reference=plan)
-    return {"test_top1_recalibrated": float(recalibrated["top1"].iloc[0]),
-            "test_loss_recalibrated": float(recalibrated["loss"].iloc[0]),
+
+    def with_running_bn() -> dict[str, float]:
+        return classification_metrics(*predict(run.model, run.trained_plan, run.test_loader, run.device))
+
+    def recalibrated() -> dict[str, float]:
+        with untouched_rng(run.device):
+            df, _ = evaluate_plans(run.model, [plan], run.test_loader, run.calib_loader, run.device,
+                                   progress=False, reference=plan)
+        return {"top1": float(df["top1"].iloc[0]), "loss": float(df["loss"].iloc[0])}
+
+    # Running statistics first, so rank 0 computes them: DDP hands every rank rank 0's buffers at the start of a
+    # step, so after the last step each rank holds its own, and the checkpoint keeps rank 0's.
+    running, recalibrated_metrics = shared_tasks(run.world, [with_running_bn, recalibrated])
+    return {"test_top1_recalibrated": recalibrated_metrics["top1"],
+            "test_loss_recalibrated": recalibrated_metrics["loss"],
             "test_top1_running_bn": running["top1"], "test_loss_running_bn": running["loss"]}
 
 
+def reestimate_bn(run: Run, epoch: int) -> None:
+    """Replace the main network's running BN statistics by those of `bn_reestimate` training images (a fresh
+    seeded subset each epoch). Training normalizes with batch statistics, so the weights are unchanged; what
+    changes is what the checkpoint holds and what the running-BN test accuracy measures."""
+    images = seeded_subset(run.data.train_plain, run.config.bn_reestimate, run.config.seed + epoch)
+    plan = run.trained_plan or run.model.layout.main_plan
+    with untouched_rng(run.device):
+        recalibrate_bn(run.model, plan, images_only(make_loader(images, run.config.eval_batch_size)), run.device)
+
+
 def record_kl(run: Run) -> pd.DataFrame:
-    """KL(p_main || p_sub) and top-1 of every KL plan on the fixed probe set, each BN-recalibrated."""
+    """KL(p_main || p_sub) and top-1 of every KL plan on the fixed probe set, each BN-recalibrated; under torchrun
+    the plans are shared out over the ranks and every rank returns the whole table."""
     config = run.config
     probe = make_loader(seeded_subset(run.data.test, config.kl_probe_size, config.seed), config.eval_batch_size)
-    df, _ = evaluate_plans(run.model, run.kl_plans, probe, run.calib_loader, run.device, progress=False)
+    df = evaluate_plans_across(run.world, run.model, run.kl_plans, probe, run.calib_loader, run.device,
+                               progress=False)
     return df[["plan", "depths", "n_blocks", "is_main", "kl", "top1"]]
 
 
@@ -249,6 +272,7 @@ def _train(config: TrainConfig, world: World, device: torch.device, progress: bo
                       unit="epoch", initial=first_epoch - 1, total=config.epochs, disable=not progress):
         if run.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(run.device)
+        lr = run.optimizer.param_groups[0]["lr"]  # the epoch's first step's, also when the schedule steps per iteration
         start = time.perf_counter()
         losses = train_one_epoch(run, epoch, desc=f"epoch {epoch}", progress=progress)
         if run.device.type == "cuda":
@@ -258,16 +282,18 @@ def _train(config: TrainConfig, world: World, device: torch.device, progress: bo
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
             raise shared_error(world, f"training diverged: the mean loss of epoch {epoch} is {losses['loss']}; {kept} "
                                "(try a lower --lr)")
-        lr = run.optimizer.param_groups[0]["lr"]
-        run.scheduler.step()
-        if world.is_main:  # the evaluations are rank 0's: the others wait for it at the next step's collectives
-            memory, memory_kind = peak_memory_mib(run.device)
-            log_rows.append({**ids, "epoch": epoch, "lr": lr, "loss": losses["loss"], "ce": losses["ce"],
-                             "kl": losses["kl"], **evaluate(run), "seconds": seconds,
-                             "examples_per_s": losses["examples"] / seconds, "peak_memory_mib": memory,
-                             "memory_kind": memory_kind})
-            if run.kl_plans and (epoch % config.kl_every == 0 or epoch == config.epochs):
-                with untouched_rng(run.device):  # recording the KL must not change what is trained
-                    kl_rows += [{**ids, "epoch": epoch, **row} for row in record_kl(run).to_dict("records")]
+        if config.lr_step == "epoch":
+            run.scheduler.step()
+        if config.bn_reestimate:
+            reestimate_bn(run, epoch)
+        # Every rank takes a share of the evaluations and ends up with the same rows; rank 0 writes them.
+        memory, memory_kind = peak_memory_mib(run.device)
+        log_rows.append({**ids, "epoch": epoch, "lr": lr, "loss": losses["loss"], "ce": losses["ce"],
+                         "kl": losses["kl"], **evaluate(run), "seconds": seconds,
+                         "examples_per_s": losses["examples"] / seconds, "peak_memory_mib": memory,
+                         "memory_kind": memory_kind})
+        if run.kl_plans and (epoch % config.kl_every == 0 or epoch == config.epochs):
+            with untouched_rng(run.device):  # recording the KL must not change what is trained
+                kl_rows += [{**ids, "epoch": epoch, **row} for row in record_kl(run).to_dict("records")]
         save_state(run, epoch, log_rows, kl_rows)
     return pd.DataFrame(log_rows if world.is_main else [])

@@ -77,6 +77,11 @@ def check_config(config: TrainConfig, world: World = World(), device: torch.devi
     if world.size > 1 and min(config.batch_size, config.train_size or config.batch_size) < 2 * world.size:
         raise LoafingError(f"each of the {world.size} processes needs batches of 2 or more images (BatchNorm): pass "
                            f"--batch-size and --train-size of at least {2 * world.size}")
+    if config.nesterov and config.momentum == 0:
+        raise LoafingError("--nesterov needs a momentum: pass --momentum above 0 (e.g. 0.9)")
+    if config.data_on_device and config.train_image_size is not None:
+        raise LoafingError("--train-image-size does not combine with --data-on-device, whose crops keep the images' "
+                           "stored size; drop one of them")
     if config.sync_bn:
         if device is not None and device.type != "cuda":
             raise LoafingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm only runs on CUDA tensors (on the CPU, "
@@ -95,8 +100,9 @@ def kl_trajectory_plans(model: StagedModel, config: TrainConfig) -> list[Plan]:
 def training_data(config: TrainConfig) -> DataSplits:
     """The run's data in its model's input recipe; with `train_size`, a seeded subset of the training split
     (its augmented and plain views holding the same images)."""
-    data = load_dataset(config.dataset, config.data_dir, config.download, get_spec(config.model).recipe,
-                        config.image_size)
+    data = load_dataset(config.dataset, config.data_dir, config.download,
+                        get_spec(config.model, config.model_args).recipe, config.image_size,
+                        config.train_image_size, config.eval_resize)
     if config.train_size is not None and config.train_size < len(data.train):
         chosen = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
         indices = chosen[:config.train_size].tolist()
@@ -110,7 +116,7 @@ def train_batches(config: TrainConfig, data: DataSplits, world: World,
     torchrun, or the device-resident split (`data_on_device`)."""
     batch_size = config.batch_size // world.size
     if config.data_on_device:
-        split = resident_split(data.train, get_spec(config.model).recipe, data.image_size)
+        split = resident_split(data.train, get_spec(config.model, config.model_args).recipe, data.image_size)
         return DeviceBatches(split, batch_size, device, config.seed, world.rank, world.size)
     sampler = None
     if world.distributed:
@@ -137,7 +143,7 @@ def build_run(config: TrainConfig, world: World = World(), device: torch.device 
                                  run=config.run or Path(config.out).name, world_size=world.size)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    model = create_model(config.model, data.num_classes, config.width_mult)
+    model = create_model(config.model, data.num_classes, config.width_mult, config.model_args)
     if data.mean is not None:
         model.set_normalization(data.mean, data.std)
     if config.bn_momentum is not None:
@@ -148,7 +154,10 @@ def build_run(config: TrainConfig, world: World = World(), device: torch.device 
     parameters = list(model.parameters()) + (list(step.modules.parameters()) if step.modules is not None else [])
     if step.modules is not None:
         step.modules.to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                                nesterov=config.nesterov)
+    train_loader = train_batches(config, data, world, device)
+    steps = config.epochs * (len(train_loader) if config.lr_step == "iteration" else 1)
     trained: nn.Module = StepModule(model, step)
     if world.distributed:
         # The ST plan sampler (`rng`) stays seeded alike on every rank, so all ranks train the same sub-network;
@@ -158,9 +167,9 @@ def build_run(config: TrainConfig, world: World = World(), device: torch.device 
                                           find_unused_parameters=not step.uses_all_parameters)
     return Run(
         config=config, world=world, device=device, data=data, model=model, step=step, trained=trained,
-        optimizer=optimizer, scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs),
+        optimizer=optimizer, scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps),
         scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
-        train_loader=train_batches(config, data, world, device),
+        train_loader=train_loader,
         test_loader=make_loader(data.test, config.eval_batch_size, workers=config.workers),
         calib_loader=make_loader(seeded_subset(data.train_plain, config.monitor_calib_size, config.seed),
                                  config.eval_batch_size),

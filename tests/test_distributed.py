@@ -1,6 +1,7 @@
 """Beyond one process: DDP on the CPU with gloo (2 processes), torchrun's train / kill / resume / measure, mixed
 precision, and the device-resident training data."""
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -26,7 +27,7 @@ from loafing.methods import ct_loss, st_loss_shared
 from loafing.plan_tree import plan_shares
 from loafing.plans import Plan, get_space, parse_plan
 from loafing.recipes import RECIPES
-from loafing.train import build_run, check_config, train, train_one_epoch
+from loafing.train import build_run, check_config, evaluate, record_kl, train, train_one_epoch
 
 LOAFING = str(Path(sys.executable).parent / "loafing")
 SMALL_RUN = dict(model="resnet20-cifar", dataset="digits", train_size=256, batch_size=64, lr=0.05, seed=3,
@@ -179,6 +180,59 @@ def test_what_rank_0_decides_or_meets_reaches_every_rank(tmp_path):
         "decided by rank 0", "LoafingError: no run to resume", "ValueError: a bug"]
     assert (tmp_path / "rank1.txt").read_text().splitlines() == [
         "decided by rank 0", "AgreedError: no run to resume", "AgreedError: rank 0 failed: ValueError: a bug"]
+
+
+def _evaluating_worker(rank: int, port: int, config: dict, out: str) -> None:
+    """One of 2 gloo processes: train an epoch with KL records, noting which plans this rank evaluated."""
+    import loafing.plan_tree
+    import loafing.train
+
+    become_rank(rank, 2, port)
+    torch.set_num_threads(1)
+    evaluated: list[str] = []
+    kl_share, running_share = loafing.plan_tree.evaluate_plans, loafing.train.predict
+
+    def noting_plans(model, plans, *args, **kwargs):
+        evaluated.extend(str(p) for p in plans)
+        return kl_share(model, plans, *args, **kwargs)
+
+    def noting_running(model, plan, *args, **kwargs):
+        evaluated.append("running BN")
+        return running_share(model, plan, *args, **kwargs)
+    loafing.plan_tree.evaluate_plans, loafing.train.predict = noting_plans, noting_running
+    loafing.train.evaluate_plans = noting_plans
+    train(TrainConfig(**config), progress=False)
+    Path(out, f"rank{rank}.txt").write_text("\n".join(evaluated))
+
+
+def test_under_ddp_each_epochs_evaluations_are_shared_out_and_equal_one_process_on_the_same_weights(tmp_path):
+    config = make_train_config({**SMALL_RUN, "train_size": 128, "method": "st", "epochs": 1, "kl_every": 1,
+                                "kl_probe_size": 100, "out": str(tmp_path / "run")})
+    torch.multiprocessing.spawn(_evaluating_worker, args=(free_port(), dataclasses.asdict(config), str(tmp_path)),
+                                nprocs=2, join=True)
+    shares = [set((tmp_path / f"rank{r}.txt").read_text().splitlines()) for r in range(2)]
+    plans = {str(p) for p in get_space("ordered", build_run(config).model.layout)}
+    assert "running BN" in shares[0] and "running BN" not in shares[1]  # rank 0 holds the checkpoint's buffers
+    assert len(shares[1] & plans) >= 10 and len(shares[0] & plans) >= 10  # both ranks evaluate KL plans
+    assert (shares[0] | shares[1]) >= plans
+
+    # One process on the weights rank 0 wrote: the same KL rows and the same per-epoch test accuracy.
+    run = build_run(dataclasses.replace(config, world_size=1))
+    state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    run.model.load_state_dict(state["model"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected_kl, expected_eval = record_kl(run), evaluate(run)
+    finally:
+        torch.set_num_threads(threads)
+    written = pd.read_csv(tmp_path / "run" / "kl_trajectory.csv")
+    assert len(written) == len(plans) == 27
+    pd.testing.assert_frame_equal(written[list(expected_kl.columns)].reset_index(drop=True),
+                                  expected_kl.reset_index(drop=True), check_dtype=False, rtol=1e-12, atol=0)
+    log = pd.read_csv(tmp_path / "run" / "train_log.csv").iloc[0]
+    for name, value in expected_eval.items():
+        assert log[name] == pytest.approx(value, rel=1e-12), name
 
 
 # ---------------------------------------------------------------- torchrun: train, kill, resume, measure

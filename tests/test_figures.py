@@ -143,11 +143,41 @@ def train_log_rows() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def influence_rows() -> pd.DataFrame:
+    """influence.csv rows for CT's and ST's first runs: the toy network's blocks, the first of each stage fixed (and
+    the first of stage 2 changing the shape, so without an influence)."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for run in RUNS[:4:2]:
+        for stage, blocks in enumerate(STAGES, start=1):
+            for block in blocks:
+                deletable = block != blocks[0]
+                cosine = float("nan") if block == 3 else float(rng.uniform(0.5, 1))
+                rows.append({**run_ids(run), "block": block, "stage": stage, "deletable": deletable,
+                             "cosine": cosine, "influence": 1 - cosine,
+                             "top1_drop": float(rng.uniform(0, 10)) if deletable else float("nan"),
+                             "n_examples": 100, "recalibrated": True, "calib_size": 50, "calib_seed": 0})
+    return pd.DataFrame(rows)
+
+
+def gap_rows() -> pd.DataFrame:
+    """loafing_gap.csv rows: a sub-network trained alone, inside CT's and ST's first runs."""
+    rows = []
+    for run, top1 in zip(RUNS[:4:2], (60.0, 90.0)):
+        rows.append({**run_ids(run), "depths": "1-1", "architecture": "", "plan": "[1] [3]", "alone_run": "alone",
+                     "top1_inside": top1, "top1_alone": 92.0, "gap": top1 - 92.0, "gap_ci_low": top1 - 94.0,
+                     "gap_ci_high": top1 - 90.0, "n_examples": 450, "recalibrated": True, "calib_size": 50,
+                     "calib_seed": 0})
+    return pd.DataFrame(rows)
+
+
 def write_results(folder: Path) -> Path:
-    """Write the four synthetic CSVs into `folder`."""
+    """Write the synthetic CSVs into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     measure_rows().to_csv(folder / "measure.csv", index=False)
     destruct_rows().to_csv(folder / "destruct.csv", index=False)
+    influence_rows().to_csv(folder / "influence.csv", index=False)
+    gap_rows().to_csv(folder / "loafing_gap.csv", index=False)
     kl_rows().to_csv(folder / "kl_trajectory.csv", index=False)
     train_log_rows().to_csv(folder / "train_log.csv", index=False)
     return folder
@@ -323,6 +353,25 @@ def test_fig1_across_cifar_resnets_labels_architectures():
         legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
         assert legend_texts == ["trained alone", "inside resnet32-cifar"]
         assert len(fig.axes[0].patches) >= 2
+    finally:
+        plt.close(fig)
+
+
+def test_fig1_shows_an_st_host_beside_the_ct_host_and_leaves_its_main_network_out_of_trained_alone():
+    # The long CIFAR study's family: ResNet-20 by CT and by ST, and ResNet-8 (1-1-1) trained alone.
+    def row(run, method, depths, is_main, top1, trained_plan=""):
+        return {**run_ids((run, method, 1.0, 0, trained_plan, ""), model="resnet20-cifar"), "depths": depths,
+                "architecture": {"1-1-1": "ResNet8", "3-3-3": "ResNet20"}[depths],
+                "n_blocks": sum(map(int, depths.split("-"))), "is_main": is_main, "top1": top1}
+    rows = [row("alone-1-1-1", "ct", "1-1-1", True, 80.0, "[1] [4] [7]"),
+            row("ct", "ct", "1-1-1", False, 30.0), row("ct", "ct", "3-3-3", True, 88.0),
+            row("st", "st", "1-1-1", False, 77.0), row("st", "st", "3-3-3", True, 87.0)]
+    fig = plot_inside_vs_alone(pd.DataFrame(rows))
+    try:
+        legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert legend_texts == ["trained alone", "inside resnet20-cifar", "inside resnet20-cifar (ST)"]
+        heights = sorted(round(p.get_height(), 1) for p in fig.axes[0].patches if p.get_height() > 0)
+        assert heights == [30.0, 77.0, 80.0]  # one ResNet-8 bar per group; ST's main network is not "alone"
     finally:
         plt.close(fig)
 

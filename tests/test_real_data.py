@@ -242,6 +242,11 @@ def test_inside_vs_alone_on_the_papers_checkpoints(run_cli, tmp_path, small_cifa
     assert top1["resnet20-cifar", "3-3-3"] >= 75 and top1["resnet32-cifar", "5-5-5"] >= 75
     assert top1["resnet32-cifar", "3-3-3"] < top1["resnet20-cifar", "3-3-3"] - 10  # loafing
     assert (tmp_path / "fig1.png").stat().st_size > 0 and "| ResNet20 |" in (tmp_path / "inside.md").read_text()
+    [gap] = pd.read_csv(tmp_path / "loafing_gap.csv").to_dict("records")  # ResNet-20 inside ResNet-32 vs alone
+    assert (gap["model"], gap["depths"], gap["n_examples"]) == ("resnet32-cifar", "3-3-3", 500)
+    assert gap["gap"] == pytest.approx(top1["resnet32-cifar", "3-3-3"] - top1["resnet20-cifar", "3-3-3"])
+    assert gap["gap_ci_low"] < gap["gap"] < gap["gap_ci_high"] < 0  # paired over 500 images, loafing is certain
+    assert "inside − alone" in (tmp_path / "gap.md").read_text() and "gap.md" in out
     # Every other figure of these foreign checkpoints' results is drawn or skipped with a reason, never an error.
     code, out, err = run_cli("figures", "--results", tmp_path, "--out", tmp_path / "all")
     assert code == 0, err

@@ -172,12 +172,13 @@ def test_an_inside_study_measures_foreign_checkpoints_inside_each_other_and_reus
 
 
 APPENDIX_FIGURES = {"fig3", "figr4", "figr5", "figr6", "figr7"}  # they need the appendix's methods
+OWN_TABLE_FIGURES = {"influence", "gap"}  # tables the quick study does not write (loafing influence, an [inside] family)
 
 
 def test_every_figure_regenerates_from_the_committed_results(tmp_path):
     outcomes = make_figures(ROOT / "results" / "quick", tmp_path / "quick")
     assert {o.name for o in outcomes} == set(FIGURES)
-    assert {o.name for o in outcomes if o.skipped} == APPENDIX_FIGURES
+    assert {o.name for o in outcomes if o.skipped} == APPENDIX_FIGURES | OWN_TABLE_FIGURES
     appendix = make_figures(ROOT / "results" / "appendix-quick", tmp_path / "appendix", sorted(APPENDIX_FIGURES))
     assert [o.name for o in appendix if o.skipped] == []
     assert all(p.stat().st_size > 0 for o in outcomes + appendix for p in o.paths)

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "Evaluate every sub-network of a checkpoint (BN-recalibrated) into a tidy CSV."),
     "destruct": ("loafing.cli.eval_commands:destruct",
                  "Delete or permute layers and measure the accuracy drop of every destroyed network."),
+    "influence": ("loafing.cli.eval_commands:influence",
+                  "Block influence (1 - cosine of a block's input and output) and each block's delete-one top-1 drop."),
     "inside-vs-alone": ("loafing.cli.eval_commands:inside_vs_alone",
                         "Each smaller network inside each bigger one (BN-recalibrated) vs each on its own."),
     "reproduce": ("loafing.cli.study_commands:reproduce",
@@ -30,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("loafing.cli.study_commands:figures",
                 "Make every figure and table of the paper whose CSVs are present."),
     "models": ("loafing.cli.registry_commands:models",
-               "List the registered models: stages, skippable blocks, input recipe, normalization, classifier key."),
+               "List the models and the timm / torchvision families; with NAME, one model's stages and blocks."),
     "methods": ("loafing.cli.registry_commands:methods", "List the registered training methods and their options."),
 }
 

@@ -1,4 +1,5 @@
-"""`loafing measure`, `destruct` and `inside-vs-alone`: their evaluation options are generated from EvalConfig."""
+"""`loafing measure`, `destruct`, `influence` and `inside-vs-alone`: their evaluation options are generated from
+EvalConfig."""
 from __future__ import annotations
 
 import dataclasses
@@ -157,10 +158,12 @@ def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir:
                     unsafe_load: bool, out: str, quiet: bool, **options) -> None:
     """Each smaller network inside each bigger one (BN-recalibrated) vs each on its own.
 
-    The paper's Figure 1 and Tables r5, r6; writes measure.csv, the figures and inside.md to --out."""
+    The paper's Figure 1 and Tables r5, r6; writes measure.csv, the figures and inside.md to --out, and, for the
+    networks trained conventionally, loafing_gap.csv and gap.md: each one's gap inside each host, paired over the
+    test images."""
     from loafing.distributed import require_one_process
     from loafing.figures import make_figures
-    from loafing.inside import inside_vs_alone as study, load_family
+    from loafing.inside import inside_vs_alone as study, load_family, loafing_gaps
     from loafing.io import check_output_file, check_output_folder
     from loafing.measure import evaluation_device
     from loafing.schema import write_table
@@ -172,6 +175,36 @@ def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir:
     evaluation_device(evaluation)  # a bad --device is said before the checkpoints are read
     networks, data = load_family(checkpoints, dataset, data_dir, image_size, unsafe_load, out_folder=out)
     write_table(study(networks, data, evaluation, progress=not quiet), Path(out) / "measure.csv", "measure")
-    outcomes = make_figures(out, out, ["fig1", "inside"])
-    click.echo((Path(out) / "inside.md").read_text() if (Path(out) / "inside.md").exists() else "")
+    gaps = loafing_gaps(networks, data, evaluation, progress=not quiet)
+    if not gaps.empty:
+        write_table(gaps, Path(out) / "loafing_gap.csv", "loafing_gap")
+    outcomes = make_figures(out, out, ["fig1", "inside"] + (["gap"] if not gaps.empty else []))
+    for table in ("inside.md", "gap.md"):
+        click.echo((Path(out) / table).read_text() if (Path(out) / table).exists() else "")
     echo_figures(outcomes)
+
+
+@click.command()
+@checkpoint_options
+@eval_options("space")
+@OUT_CSV
+@QUIET
+def influence(out: str, quiet: bool, **options) -> None:
+    """Block influence (1 - cosine of a block's input and output) and each block's delete-one top-1 drop.
+
+    Measured on the main network, BN-recalibrated as measure does; the drops are `destruct --mode delete-one`'s.
+    Under torchrun the processes share the deletions out and rank 0 writes the one CSV."""
+    from loafing.distributed import process_group
+    from loafing.influence import block_influence
+    from loafing.schema import write_table
+
+    evaluation = eval_config(options)
+    loaded, data, world, device = prepare(out, evaluation, **options)
+    with process_group(world, device):
+        df = block_influence(loaded, data, evaluation, progress=not quiet, world=world)
+    if not world.is_main:
+        return
+    write_table(df, out, "influence")
+    click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {len(df)} blocks on {data.name} -> {out}")
+    shown = df[["block", "stage", "deletable", "influence", "top1_drop"]]
+    click.echo(shown.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))

@@ -21,7 +21,7 @@ class RegistryChoice(click.Choice):
         return tuple(self.names())
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        check_choice(self.what, value, list(self.choices))
+        check_choice(self.what, value, self.names())  # the registry's own list: it may accept more than it lists
         return value
 
 
@@ -37,6 +37,18 @@ class CheckedNumber(click.ParamType):
         check_number(param.opts[0] if param else "value", number, self.allowed)
         return number
 
+
+def _model_args(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Any]:
+    from loafing.models.adapter import parse_model_args
+
+    return parse_model_args(value) if value else {}
+
+
+# A timm / torchvision network's builder arguments, as TrainConfig.model_args holds them.
+MODEL_ARG = click.option("--model-arg", "model_args", multiple=True, callback=_model_args, metavar="KEY=VALUE",
+                         help="A keyword argument of a timm / torchvision network's builder (repeatable), e.g. "
+                         "img_size=32; a value is read as true/false, an int, a float, a comma-separated list of "
+                         "these, or text.")
 
 POSITIVE_INT = CheckedNumber(int, AT_LEAST_1)
 SEED_INT = CheckedNumber(int, SEED)

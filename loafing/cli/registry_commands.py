@@ -3,25 +3,67 @@ from __future__ import annotations
 
 import click
 
+from loafing.cli.options import MODEL_ARG
+
 
 @click.command()
-def models() -> None:
-    """List the registered models: stages, skippable blocks, input recipe, normalization, classifier key.
+@click.argument("name", required=False)
+@MODEL_ARG
+def models(name: str | None, model_args: dict) -> None:
+    """List the models and the timm / torchvision families; with NAME, one model's stages and blocks.
 
-    Builds no network: a model's stages come from its spec."""
-    from loafing.models import MODELS
+    Listing builds no network: a registered model's stages come from its spec. NAME (a registered model, or
+    timm:<name> / torchvision:<name> with its --model-arg) is built once on the meta device."""
+    from loafing.models import MODELS, get_spec
 
+    if name is not None:
+        _describe(name, get_spec(name, model_args))
+        return
     for name, spec in MODELS.items():
-        layout = spec.layout()
-        mean, std = spec.normalization
-        click.echo(f"{name}: {spec.description}")
-        skippable = ("from the end of each stage only, keeping its first block" if layout.prefix_only
-                     else sorted(layout.skippable))
-        click.echo(f"    stages {'-'.join(map(str, layout.stage_sizes))}, main plan {layout.main_plan}, "
-                   f"skippable {skippable}")
-        click.echo(f"    recipe {spec.recipe} ({spec.image_size}x{spec.image_size}), normalization mean "
-                   f"{list(mean)} std {list(std)}, classifier {spec.classifier_key}, --width-mult "
-                   f"{'yes' if spec.width_mult else 'no'}")
+        _summary(spec)
+    from loafing.models.families import FAMILIES
+
+    click.echo("\nAny network of these timm / torchvision families, as --model timm:<name> or torchvision:<name> "
+               "with its builder's keyword arguments as --model-arg key=value (`loafing models timm:<name>` shows "
+               "its stages):")
+    for family in FAMILIES:
+        units = (f"; residual units per block: {', '.join(family.units)}; branch alone (--method stochastic-depth, "
+                 f"raw paths): {'yes' if family.adds_last else 'no'}")
+        depth = f"; stochastic depth: --model-arg {family.drop_path}=P" if family.drop_path else ""
+        click.echo(f"  {family.library}:{family.name} ({' '.join(family.patterns)}): {family.description}{units}"
+                   f"{depth}")
+
+
+def _summary(spec) -> None:
+    layout = spec.layout()
+    mean, std = spec.normalization
+    click.echo(f"{spec.name}: {spec.description}")
+    skippable = ("from the end of each stage only, keeping its first block" if layout.prefix_only
+                 else sorted(layout.skippable))
+    click.echo(f"    stages {'-'.join(map(str, layout.stage_sizes))}, main plan {layout.main_plan}, "
+               f"skippable {skippable}")
+    click.echo(f"    recipe {spec.recipe} ({spec.image_size}x{spec.image_size}), normalization mean "
+               f"{[round(m, 4) for m in mean]} std {[round(s, 4) for s in std]}, classifier {spec.classifier_key}, "
+               f"--width-mult {'yes' if spec.width_mult else 'no'}")
+
+
+def _describe(name: str, spec) -> None:
+    """One model in full: the summary, then each stage's blocks (* skippable) for a library network."""
+    import torch
+
+    from loafing.models.adapter import describe_blocks
+    from loafing.models.registry import is_library_model
+
+    _summary(spec)
+    if is_library_model(name):
+        with torch.device("meta"):
+            model = spec.build(10, 1.0)
+        if model.input_size is not None:
+            click.echo(f"    takes {model.input_size}x{model.input_size} images only (--image-size {model.input_size} "
+                       "where the recipe's size differs)")
+        for line in describe_blocks(model):
+            click.echo(f"    {line}")
+        click.echo("    (* skippable: an identity shortcut around a same-shaped output)")
 
 
 @click.command()

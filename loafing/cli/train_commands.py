@@ -6,7 +6,7 @@ import dataclasses
 import click
 
 import loafing.methods  # noqa: F401  (registers the built-in methods, whose options `train` offers)
-from loafing.cli.options import spec_options
+from loafing.cli.options import MODEL_ARG, spec_options
 from loafing.config import make_train_config, train_option_specs
 from loafing.errors import LoafingError
 
@@ -20,6 +20,7 @@ def given_options(options: dict) -> list[str]:
 
 @click.command()
 @spec_options(train_option_specs)
+@MODEL_ARG
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue the interrupted run in this folder (its saved configuration is used).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
@@ -38,6 +39,9 @@ def train(overwrite: bool, quiet: bool, resume_dir: str | None, **options) -> No
         config = dataclasses.replace(load_config(resume_dir), out=resume_dir)
     else:
         config = make_train_config(options)
+        from loafing.models import get_spec
+
+        get_spec(config.model, config.model_args)  # an unknown network or bad --model-arg before the run folder
     log = run_training(config, progress=not quiet, overwrite=overwrite, resume=bool(resume_dir))
     if log.empty:  # a torchrun process other than rank 0: rank 0 reports
         return

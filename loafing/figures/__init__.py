@@ -16,13 +16,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loafing.errors import LoafingError
+from loafing.figures.ablation import table_ablation
 from loafing.figures.dynamics import plot_kl, plot_trajectories
+from loafing.figures.influence import plot_influence
 from loafing.figures.plots import (plot_inside_vs_alone, plot_lambda, plot_methods_subnetworks, plot_sampling_rules,
                                    plot_space_size, plot_subnetworks)
 from loafing.figures.robustness import destruct_beside, plot_destruct
 from loafing.figures.select import NotEnoughData, require_columns
 from loafing.figures.tables import (markdown_table, render_table, table_cost, table_inside_grid,
-                                    table_main_and_subnetworks, table_methods)
+                                    table_loafing_gap, table_main_and_subnetworks, table_methods)
 from loafing.io import atomic_path
 from loafing.schema import TABLES, read_table
 
@@ -91,6 +93,14 @@ FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
                plot_methods_subnetworks, "figure"),
     FigureSpec("tabler4", "Table r4: training time and memory", "train_log",
                (*RUN, "seconds", "examples_per_s", "peak_memory_mib", "memory_kind"), table_cost, "table"),
+    FigureSpec("influence", "Block influence (1 - cos) and the top-1 drop of deleting each block",
+               "influence", (*RUN, "block", "stage", "deletable", "influence", "top1_drop"), plot_influence, "figure"),
+    FigureSpec("ablation", "Ablation: each arm (runs over seeds) against ST", "measure", (*MEASURED, "loss"),
+               table_ablation, "table", also=("train_log",)),
+    FigureSpec("gap", "The loafing gap: each architecture inside its host vs trained alone, 95% CI over test images",
+               "loafing_gap", ("run", "method", "depths", "alone_run", "top1_inside", "top1_alone", "gap",
+                               "gap_ci_low", "gap_ci_high", "n_examples"), table_loafing_gap, "table",
+               group_by=("dataset",)),
 )}
 
 
@@ -191,6 +201,6 @@ def make_figures(results_dir: str | Path, out_dir: str | Path,
 
 
 __all__ = ["FIGURES", "FigureOutcome", "FigureSpec", "NotEnoughData", "destruct_beside", "make_figures",
-           "plot_destruct", "plot_inside_vs_alone", "plot_kl", "plot_lambda", "plot_methods_subnetworks",
-           "plot_sampling_rules", "plot_space_size", "plot_subnetworks", "plot_trajectories", "table_cost",
-           "table_inside_grid", "table_main_and_subnetworks", "table_methods"]
+           "plot_destruct", "plot_influence", "plot_inside_vs_alone", "plot_kl", "plot_lambda",
+           "plot_methods_subnetworks", "plot_sampling_rules", "plot_space_size", "plot_subnetworks",
+           "plot_trajectories", "table_cost", "table_inside_grid", "table_main_and_subnetworks", "table_methods"]

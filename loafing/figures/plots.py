@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 
 from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam,
                                     conventional_and_stimulative, conventionally_trained, full_runs, label_palette,
-                                    network_names, of_methods, ordered_sampling, per_run_subnetwork_stats)
+                                    network_names, of_methods, ordered_sampling, per_run_subnetwork_stats,
+                                    stimulative_hosts)
 from loafing.figures.style import (ALONE, ALONE_LABEL, CONVENTIONAL, STIMULATIVE, figure_legend, is_blank,
                                    schemes_of, use_style)
 
@@ -38,16 +39,20 @@ def _format_number(value: float) -> str:
 
 
 def plot_inside_vs_alone(measure: pd.DataFrame) -> Figure:
-    """Fig. 1: top-1 of architectures inside bigger CT networks vs the same architectures trained alone
-    (foreign checkpoints count as conventionally trained)."""
+    """Fig. 1: top-1 of architectures inside bigger networks vs the same architectures trained alone (foreign
+    checkpoints count as conventionally trained); stimulative hosts (full space, reference λ) get bars of their own."""
     ct = conventionally_trained(measure)
     main = ct["is_main"]
     alone = ct[main].assign(group=ALONE_LABEL)
-    inside = ct[~main & is_blank(ct["trained_plan"])]
+    hosts = measure[measure.index.isin(ct.index) | measure.index.isin(stimulative_hosts(measure).index)]
+    inside = add_scheme(hosts[~hosts["is_main"] & is_blank(hosts["trained_plan"])])
     inside = inside[inside["depths"].isin(set(alone["depths"]))]
-    if inside.empty:
+    if inside.empty or not inside.index.isin(ct.index).any():
         raise NotEnoughData("no architecture appears both inside a CT network and trained alone")
-    inside = inside.assign(group="inside " + inside["model"])
+    conventional = inside.index.isin(ct.index)
+    # Hosts trained conventionally read "inside MODEL", as in the paper; the others say how they were trained.
+    inside = inside.assign(group=["inside " + model + ("" if usual else f" ({scheme})")
+                                  for model, scheme, usual in zip(inside["model"], inside["scheme"], conventional)])
     alone = alone[alone["depths"].isin(set(inside["depths"]))]
     both = pd.concat([inside, alone], ignore_index=True)
     # One value per run and architecture, so the error bars are over seeds.
@@ -60,12 +65,14 @@ def plot_inside_vs_alone(measure: pd.DataFrame) -> Figure:
         labels[depths] = names.pop() if len(names) == 1 else depths
     per_run["architecture"] = per_run["depths"].map(labels)
     order = [labels[d] for d in per_run.sort_values(["n_blocks", "depths"])["depths"].drop_duplicates()]
-    host_blocks = ct[main & is_blank(ct["trained_plan"])].groupby("model")["n_blocks"].max()
-    hosts = sorted(set(inside["model"]), key=lambda m: (host_blocks.get(m, 0), m))
-    hue_order = [ALONE_LABEL] + [f"inside {m}" for m in hosts]
-    host_colours = sns.color_palette("Blues_d", n_colors=len(hosts))
+    host_blocks = measure[measure["is_main"] & is_blank(measure["trained_plan"])].groupby("model")["n_blocks"].max()
     palette = {ALONE_LABEL: schemes_of(measure).colour(ALONE)}
-    palette.update({f"inside {m}": colour for m, colour in zip(hosts, host_colours)})
+    hue_order = [ALONE_LABEL]
+    for usual, shades in ((True, "Blues_d"), (False, "Reds_d")):
+        hosts = inside[conventional == usual].drop_duplicates("group")
+        groups = sorted(hosts["group"], key=lambda g: (host_blocks.get(g.split()[1], 0), g))
+        palette.update(zip(groups, sns.color_palette(shades, n_colors=max(len(groups), 1))))
+        hue_order += groups
 
     use_style()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(order) + 2.5), 3.8), layout="constrained")

@@ -82,6 +82,13 @@ def conventional_and_stimulative(df: pd.DataFrame, any_sampling: bool = False) -
     return df[keep & (ordered_sampling(df) | any_sampling)]
 
 
+def stimulative_hosts(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the stimulative runs Fig. 1 sets beside the conventional hosts: the full space (no restricted one),
+    any sampling rule, at the reference λ."""
+    rows = at_reference_lam(conventional_and_stimulative(df, any_sampling=True))
+    return rows[(roles(rows) == STIMULATIVE) & is_blank(_column(rows, "space_size"))]
+
+
 def of_methods(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     """Rows of the conventional and stimulative runs and of `methods`' runs (stimulative ones with ordered sampling);
     NotEnoughData unless each of them has rows."""

@@ -121,6 +121,21 @@ def table_inside_grid(measure: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def table_loafing_gap(gaps: pd.DataFrame) -> pd.DataFrame:
+    """The loafing gap per host run and architecture trained alone: top-1 inside, alone, and inside − alone with
+    its 95% CI paired over the test images."""
+    if gaps.empty:
+        raise NotEnoughData("no loafing_gap rows (an [inside] family with a network trained alone)")
+    rows = add_scheme(gaps).sort_values(["method_order", "run", "depths"], na_position="last")
+    return pd.DataFrame({
+        "host": rows["run"] + " (" + rows["scheme"] + ")", "architecture": rows["architecture"].where(
+            ~is_blank(rows["architecture"]), rows["depths"]),
+        "alone": rows["alone_run"], "inside top-1": rows["top1_inside"], "alone top-1": rows["top1_alone"],
+        "inside − alone [95% CI]": [f"{g:+.2f} [{lo:+.2f}, {hi:+.2f}]" for g, lo, hi in
+                                    zip(rows["gap"], rows["gap_ci_low"], rows["gap_ci_high"])],
+        "test images": rows["n_examples"]})
+
+
 def _cell_text(value: object) -> str:
     """How one table cell is written: floats with 2 decimals, missing values as a dash."""
     if isinstance(value, (float, np.floating)):

@@ -18,7 +18,7 @@ from loafing.errors import LoafingError
 from loafing.methods.registry import (StepResult, TrainingMethod, TrainingStep, register_method, require_residuals,
                                       trained_plan)
 from loafing.models import StagedModel, get_spec
-from loafing.plans import SAMPLING_RULES, Plan, restricted_ordered_space
+from loafing.plans import ORDERED_RULES, SAMPLING_RULES, Plan, restricted_ordered_space, space3_depths
 from loafing.schema import FLOAT, OPTIONAL_INT, TEXT
 from loafing.segments import stacked_batches
 
@@ -116,9 +116,9 @@ def plan_sampler(model: StagedModel, config: TrainConfig, rng: random.Random) ->
         space = restricted_ordered_space(model.layout, options["space_size"], options["space_seed"])
         return lambda: rng.choice(space)
     sampling = options["sampling"]
-    if sampling != "ordered" and model.layout.prefix_only:
+    if sampling not in ORDERED_RULES and model.layout.prefix_only:
         raise LoafingError(f"--sampling {sampling} drops blocks from inside a stage; this model's stages can "
-                           "only be shortened from the end (--sampling ordered)")
+                           f"only be shortened from the end (--sampling {' or '.join(ORDERED_RULES)})")
     if sampling == "raw":
         require_residuals(model, "--sampling raw")
     rule = SAMPLING_RULES[sampling]
@@ -138,7 +138,10 @@ def check_st(config: TrainConfig, device: torch.device | None, world: World) -> 
     if options["space_size"] is not None:
         if options["sampling"] != "ordered":
             raise LoafingError("--space-size restricts the ordered space; it needs --sampling ordered")
-        restricted_ordered_space(get_spec(config.model).layout(), options["space_size"], options["space_seed"])
+        layout = get_spec(config.model, config.model_args).layout()
+        restricted_ordered_space(layout, options["space_size"], options["space_seed"])
+    if options["sampling"] == "space3":
+        space3_depths(get_spec(config.model, config.model_args).layout())
     if config.sync_bn and options["st_step"] == "shared":
         raise LoafingError("--sync-bn cannot normalize the shared ST step's two stacked batches separately; "
                            "pass --st-step simple with --sync-bn")
@@ -153,7 +156,8 @@ ST_OPTIONS = (
                "batches stacked) | simple (two full forwards).", choices=lambda: list(ST_LOSSES), what="ST step"),
     OptionSpec("sampling", str, "ordered", "ST: sampling rule (paper Sec. 3.3): ordered (per stage the first d "
                "blocks) | stochastic (per stage any subset of the skippable blocks, order kept) | raw (Veit et al.'s "
-               "paths: each skippable block runs its residual branch alone or not at all).",
+               "paths: each skippable block runs its residual branch alone or not at all) | space3 (the official "
+               "code's restricted space, four-stage networks: at most 1 block dropped in stage 2 and 3 in stage 3).",
                choices=lambda: list(SAMPLING_RULES), what="sampling rule"),
 )
 

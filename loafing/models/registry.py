@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from loafing.errors import LoafingError
 from loafing.plans import Layout
@@ -76,16 +77,75 @@ def unregister_model(name: str) -> None:
     _layout.cache_clear()
 
 
-def get_spec(name: str) -> ModelSpec:
-    """The spec of a registered model; unknown names are rejected with the valid ones."""
+# Networks of these libraries are staged by the adapter (`loafing.models.adapter`): `timm:<name>`, `torchvision:<name>`.
+LIBRARY_PREFIXES = ("timm", "torchvision")
+
+
+def is_library_model(name: str) -> bool:
+    """Whether `name` names a library network (`timm:<name>`, `torchvision:<name>`), not a registered model."""
+    return ":" in name and name.partition(":")[0] in LIBRARY_PREFIXES
+
+
+class ModelNames(list):
+    """The registered models' names, then `timm:<name>` and `torchvision:<name>`; a library network's name counts
+    as one of them (the adapter checks it when it is built)."""
+
+    def __contains__(self, name: object) -> bool:
+        return (isinstance(name, str) and is_library_model(name)) or super().__contains__(name)
+
+
+def model_choices() -> ModelNames:
+    """What `--model` accepts, as choices for the command line and validation."""
+    return ModelNames([*MODELS, *(f"{prefix}:<name>" for prefix in LIBRARY_PREFIXES)])
+
+
+ARG_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_ARGS = {"num_classes": "the number of classes comes from the data set",
+                 "pretrained": "pretrained weights are not loaded through --model-arg",
+                 "weights": "pretrained weights are not loaded through --model-arg"}
+SCALARS = (bool, int, float, str)
+
+
+def check_model_args(args: Mapping[str, Any] | None, model: str | None = None) -> dict[str, Any]:
+    """`args` (a library network's builder arguments) as a plain dict, refused in one line unless its keys are names
+    and its values bool, int, float, text or lists of them, and (given `model`) unless `model` takes arguments."""
+    if args is not None and not isinstance(args, Mapping):
+        raise LoafingError(f"model arguments {args!r} are not a table of keyword arguments")
+    args = dict(args or {})
+    if args and model is not None and not is_library_model(model):
+        raise LoafingError(f"model {model!r} takes no --model-arg (only timm:<name> and torchvision:<name> models do); "
+                           f"got {', '.join(map(str, args))}")
+    for key, value in args.items():
+        if not isinstance(key, str) or not ARG_RE.fullmatch(key):
+            raise LoafingError(f"model argument {key!r} is not a keyword argument name")
+        if key in RESERVED_ARGS:
+            raise LoafingError(f"--model-arg {key} is not allowed: {RESERVED_ARGS[key]}")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(type(v) in SCALARS for v in items):
+            raise LoafingError(f"model argument {key}={value!r} is not a bool, int, float, text or a list of them")
+        if isinstance(value, tuple):  # one form, so that arguments compare equal after a round trip through JSON
+            args[key] = list(value)
+    return args
+
+
+def get_spec(name: str, model_args: dict[str, Any] | None = None) -> ModelSpec:
+    """The spec of a registered model, or of a library network built with `model_args`; unknown names are rejected
+    with the valid ones."""
+    if is_library_model(name):
+        from loafing.models.adapter import adapted_spec  # here: listing the registered models imports no torch
+
+        return adapted_spec(name, model_args)
     if name not in MODELS:
-        raise LoafingError(f"unknown model {name!r}; valid choices: {', '.join(MODELS)}")
+        raise LoafingError(f"unknown model {name!r}; valid choices: {', '.join(model_choices())}")
+    check_model_args(model_args, name)
     return MODELS[name]
 
 
-def create_model(name: str, num_classes: int, width_mult: float = 1.0) -> StagedModel:
-    """Build a registered model with its spec's default input normalization."""
-    spec = get_spec(name)
+def create_model(name: str, num_classes: int, width_mult: float = 1.0,
+                 model_args: dict[str, Any] | None = None) -> StagedModel:
+    """Build a registered model, or a library network with `model_args`, with its spec's default input
+    normalization."""
+    spec = get_spec(name, model_args)
     if width_mult != 1.0 and not spec.width_mult:
         supported = sorted(n for n, s in MODELS.items() if s.width_mult)
         raise LoafingError(f"--width-mult is only supported by: {', '.join(supported)}")
