@@ -4,10 +4,9 @@ network on its own ("trained alone"), as one tidy measure table.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
-
-import math
 
 import pandas as pd
 import torch
@@ -77,15 +76,13 @@ def inside_vs_alone(networks: Sequence[LoadedModel], data: DataSplits, evaluatio
     return table
 
 
-def _correct(loaded: LoadedModel, plans: list[Plan], data: DataSplits, evaluation: EvalConfig,
+def _correct(loaded: LoadedModel, plans: list[Plan], data: DataSplits, labels: torch.Tensor, evaluation: EvalConfig,
              progress: bool) -> torch.Tensor:
     """Whether each plan of `loaded` classifies each test image right ([plans, N]), BN-recalibrated as measure does."""
     device = evaluation_device(evaluation)
-    test_loader = make_loader(data.test, evaluation.batch_size)
-    _, predicted = evaluate_plans(loaded.model.to(device), plans, test_loader,
+    _, predicted = evaluate_plans(loaded.model.to(device), plans, make_loader(data.test, evaluation.batch_size),
                                   calibration_loader(loaded.model, data, evaluation), device, progress,
                                   predictions=True, reference=trained_plan(loaded))
-    labels = torch.cat([y for _, y in test_loader])
     return predicted == labels.unsqueeze(0)
 
 
@@ -97,18 +94,19 @@ def loafing_gaps(networks: Sequence[LoadedModel], data: DataSplits, evaluation: 
     training's: one seed of each network says nothing about how the gap varies from run to run. Empty when no
     conventionally trained network fits inside another."""
     alone = [n for n in networks if method_style(str(n.config.get("method")))["method_role"] == "conventional"]
-    own = {id(n): _correct(n, [trained_plan(n) or n.model.layout.main_plan], data, evaluation, progress)[0]
+    labels = torch.cat([y for _, y in make_loader(data.test, evaluation.batch_size)])
+    own = {id(n): _correct(n, [trained_plan(n) or n.model.layout.main_plan], data, labels, evaluation, progress)[0]
            for n in alone}
     rows = []
     for host in networks:
         if trained_plan(host) is not None:
             continue
-        layout = host.model.layout
-        pairs = [(other, ordered_plan(layout, architecture_depths(other))) for other in alone if other is not host
-                 and architecture_depths(other) in {p.depths for p in inside_plans(host, [other])[1:]}]
+        fitting = {plan.depths: plan for plan in inside_plans(host, alone)[1:]}  # [0] is the host's own network
+        pairs = [(other, fitting[architecture_depths(other)]) for other in alone
+                 if other is not host and architecture_depths(other) in fitting]
         if not pairs:
             continue
-        inside = _correct(host, [plan for _, plan in pairs], data, evaluation, progress)
+        inside = _correct(host, [plan for _, plan in pairs], data, labels, evaluation, progress)
         for (other, plan), correct in zip(pairs, inside):
             differences = correct.double() - own[id(other)].double()
             n = differences.numel()
