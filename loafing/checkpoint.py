@@ -15,8 +15,9 @@ import torch
 
 from loafing.config import TrainConfig
 from loafing.errors import LoafingError, LoafingWarning
+from loafing.hub import hub_checkpoint, is_hub_name
 from loafing.io import save_torch
-from loafing.models import StagedModel, create_model, get_spec
+from loafing.models import StagedModel, create_model, get_spec, is_library_model
 from loafing.models.registry import check_model_args
 from loafing.options import option_specs
 from loafing.schema import FOREIGN_METHOD
@@ -167,6 +168,18 @@ def _strip_prefix(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
     return state_dict
 
 
+def foreign_state_dict(obj: dict[str, Any], path: str | Path) -> tuple[str, dict[str, Any]]:
+    """The state dict of a foreign checkpoint's contents (`module.` prefixes stripped) and its kind: "akamaster"
+    (`{'state_dict', 'best_prec1'}`) or "torchvision" (a plain state dict, as torchvision and timm save them)."""
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        source, state_dict = "akamaster", obj["state_dict"]
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        source, state_dict = "torchvision", obj
+    else:
+        raise LoafingError(f"checkpoint {str(path)!r} is neither a loafing checkpoint nor a state dict")
+    return source, _strip_prefix(state_dict, "module.")
+
+
 def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], what: str) -> None:
     """Strictly load `state_dict`, reporting missing, unexpected and mis-shaped keys in one line.
 
@@ -198,43 +211,58 @@ def warn_if_not_finite(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def load_model(path: str | Path, model_name: str | None = None, width_mult: float = 1.0,
-               num_classes: int | None = None, unsafe_load: bool = False) -> LoadedModel:
+               num_classes: int | None = None, unsafe_load: bool = False,
+               granularity: str | None = None, model_args: dict[str, Any] | None = None) -> LoadedModel:
     """Build the model a checkpoint describes and load its weights (see `read_checkpoint` for `unsafe_load`).
 
     The toolkit's own checkpoints name their model; foreign ones (akamaster's `{'state_dict',
-    'best_prec1'}` with `module.` keys, or a torchvision state dict) need `model_name`.
+    'best_prec1'}` with `module.` keys, or a state dict in the network's own key names) need `model_name` (and, for
+    a timm / torchvision network, its builder's `model_args`); `akamaster:<name>` names a published checkpoint,
+    fetched into torch's hub cache (`loafing.hub`). `granularity` views the network by blocks or by units whatever
+    it was trained in (default: as it was trained; the weights are the same).
     """
+    if is_hub_name(str(path)):
+        text = str(path)
+        path, implied = hub_checkpoint(text)
+        if model_name and model_name != implied:
+            raise LoafingError(f"{text} is a {implied}, not --model {model_name}")
+        model_name = implied
     obj = read_checkpoint(path, unsafe_load)
     if obj.get("format") == FORMAT:
         config = dict(obj["config"])
         if model_name and model_name != config["model"]:
             raise LoafingError(f"checkpoint holds {config['model']!r}, not {model_name!r}")
+        if model_args and model_args != config.get("model_args"):
+            raise LoafingError(f"checkpoint {str(path)!r} records the arguments its network was built with; drop "
+                               "--model-arg")
+        trained = config.get("granularity", "block")
+        if config.get("plan") and granularity not in (None, trained):
+            raise LoafingError(f"checkpoint {str(path)!r} trained the sub-network {config['plan']} alone in the "
+                               f"{trained} view, whose steps its plan numbers: evaluate it with --granularity "
+                               f"{trained}")
         model = create_model(config["model"], config["num_classes"], config.get("width_mult", 1.0),
-                             config.get("model_args"))
+                             config.get("model_args"), granularity or trained)
         load_weights(model, obj["model"], f"checkpoint {str(path)!r}")
         model.set_normalization(obj["normalization"]["mean"], obj["normalization"]["std"])
         warn_if_not_finite(model, path)
         return LoadedModel(model.eval(), config, "loafing")
 
-    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        source, state_dict = "akamaster", obj["state_dict"]
-    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        source, state_dict = "torchvision", obj
-    else:
-        raise LoafingError(f"checkpoint {str(path)!r} is neither a loafing checkpoint nor a state dict")
+    source, state_dict = foreign_state_dict(obj, path)
     if not model_name:
         raise LoafingError(f"checkpoint {str(path)!r} is a foreign {source} state dict: pass --model")
-    state_dict = _strip_prefix(state_dict, "module.")
-    spec = get_spec(model_name)
+    if is_library_model(model_name) and source != "akamaster":
+        source = model_name.partition(":")[0]
+    spec = get_spec(model_name, model_args)
     if spec.rename_keys is not None:
         state_dict = spec.rename_keys(state_dict)
     classifier = spec.classifier_key
     if not num_classes and classifier not in state_dict:
         raise LoafingError(f"cannot tell the number of classes of {str(path)!r}: no {classifier!r} in it")
     classes = num_classes or int(state_dict[classifier].shape[0])
-    model = create_model(model_name, classes, width_mult)  # with the spec's default input normalization
+    # With the spec's default input normalization.
+    model = create_model(model_name, classes, width_mult, model_args, granularity or "block")
     load_weights(model.net, state_dict, f"checkpoint {str(path)!r}")
     warn_if_not_finite(model, path)
-    config = {"model": model_name, "width_mult": width_mult, "num_classes": classes, "method": FOREIGN_METHOD,
-              "source": source, "run": Path(path).stem}
+    config = {"model": model_name, "model_args": check_model_args(model_args), "width_mult": width_mult,
+              "num_classes": classes, "method": FOREIGN_METHOD, "source": source, "run": Path(path).stem}
     return LoadedModel(model.eval(), config, source)

@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from loafing.errors import LoafingError
+from loafing.plans import GRANULARITIES
 # The option layer, also imported from here by older code.
 from loafing.options import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, OptionSpec, Range, check_choice,  # noqa: F401
                              check_number, check_value, option, option_specs)
 
 AMP_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --amp -> torch dtype name
+OPTIMIZERS = ("sgd", "adamw")  # --optimizer; built by loafing.training_run.make_optimizer
+GRANULARITY_HELP = ("What a step of a plan is: block (a residual block) | unit (each of a transformer block's "
+                    "residual units, attention and MLP, on its own; timm / torchvision ViT and Swin).")
 
 
 def _registry(name: str) -> Callable[[], list[str]]:
@@ -43,6 +47,12 @@ class TrainConfig:
         "cli": False})
     width_mult: float = option(1.0, "Width multiplier (models that support it; see `loafing models`).",
                                range=Range(0, 16, low_open=True))
+    weights: str | None = option(None, "Start from these weights of a timm / torchvision network: pretrained (its "
+                                 "library's default, downloaded once and cached), another set its library names (a "
+                                 "timm tag, a torchvision name such as IMAGENET1K_V1), or a state-dict file in its own "
+                                 "key names; a classifier for other classes than the data set's is replaced by a fresh "
+                                 "one. Named weights bring their input normalization and size.")
+    granularity: str = option("block", GRANULARITY_HELP, choices=lambda: list(GRANULARITIES), what="granularity")
     dataset: str = option("digits", "Data set.", choices=_registry("datasets"), what="dataset")
     data_dir: str | None = option(None, "Folder holding the data set.")
     download: bool = option(False, "Download the data set if missing (needs network).")
@@ -56,7 +66,10 @@ class TrainConfig:
     batch_size: int = option(64, "Mini-batch size (under torchrun: the global one, split evenly over the "
                              "processes).", range=Range(2, text="at least 2 (BatchNorm cannot train on one image)"))
     lr: float = option(0.05, "Initial learning rate (cosine decay to 0).", range=POSITIVE)
-    weight_decay: float = option(3e-5, "SGD weight decay.", range=NON_NEGATIVE)
+    optimizer: str = option("sgd", "sgd (the paper's) | adamw (decoupled weight decay; the usual choice for "
+                            "vision transformers trained from scratch, with e.g. --lr 1e-3 --weight-decay 0.05).",
+                            choices=lambda: list(OPTIMIZERS), what="optimizer")
+    weight_decay: float = option(3e-5, "Weight decay (SGD's L2 term; AdamW's decoupled decay).", range=NON_NEGATIVE)
     momentum: float = option(0.9, "SGD momentum.", range=Range(0, 1, high_open=True))
     nesterov: bool = option(False, "Nesterov momentum (the ST++ recipe).")
     lr_step: str = option("epoch", "When the cosine schedule steps: every epoch, or every iteration (the ST++ "
@@ -217,9 +230,12 @@ def validate_config(config: TrainConfig) -> None:
         if f.name != "method_options":
             check_value("--" + f.name.replace("_", "-"), getattr(config, f.name), f.metadata["range"],
                         f.metadata["choices"], f.metadata["what"])
-    from loafing.models.registry import check_model_args  # torch-free
+    from loafing.models.registry import check_model_args, is_library_model  # torch-free
 
     config.model_args = check_model_args(config.model_args, config.model)
+    if config.weights is not None and not is_library_model(config.model):
+        raise LoafingError(f"--weights starts a timm:<name> or torchvision:<name> network from its library's weights, "
+                           f"not {config.model!r}")
     options = _chosen_options(config.method, config.method_options)
     for spec in METHOD_OPTIONS[config.method]:
         check_value(spec.flag, options[spec.name], spec.range, spec.choices, spec.what)

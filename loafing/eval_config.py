@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loafing.errors import LoafingError
+from loafing.config import GRANULARITY_HELP
 from loafing.options import AT_LEAST_1, SEED, OptionSpec, check_value, option, option_specs
+from loafing.plans import GRANULARITIES
 
 MAX_COMBOS = 200  # destruct: per number of deleted layers / swaps, the networks evaluated (a seeded sample where more)
 
@@ -26,10 +28,15 @@ class EvalConfig:
     batch_size: int = option(256, "Batch size of the evaluation.", range=AT_LEAST_1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N.")
     space: str = option("ordered", "Plans to evaluate.", choices=_spaces, what="space")
+    granularity: str | None = option(None, GRANULARITY_HELP + " Default: the checkpoint's (a network trained in "
+                                     "one view is measured in the other as well).",
+                                     choices=lambda: list(GRANULARITIES), what="granularity")
 
     def __post_init__(self) -> None:
         for spec in eval_option_specs():
             value = getattr(self, spec.name)
+            if value is None and spec.default is None:
+                continue
             if type(value) is not spec.kind and not (spec.kind is float and type(value) is int):
                 raise LoafingError(f"evaluation setting {spec.name} must be {spec.kind.__name__}, got {value!r}")
             check_value(spec.flag, value, spec.range, spec.choices, spec.what)

@@ -85,5 +85,5 @@ def block_influence(loaded: LoadedModel, data: DataSplits, evaluation: EvalConfi
         "block": list(cosines), "stage": [stage_of[b] for b in cosines],
         "deletable": [b in deletable for b in cosines], "cosine": list(cosines.values()),
         "influence": [1.0 - c for c in cosines.values()], "top1_drop": [drops.get(b, math.nan) for b in cosines],
-        "n_examples": n_examples, **calibration_columns(model, data, evaluation)})
+        "n_examples": n_examples, "granularity": model.granularity, **calibration_columns(model, data, evaluation)})
     return with_run_identifiers(df, run_identifiers(loaded.config, data.name))

@@ -44,17 +44,22 @@ def inside_plans(host: LoadedModel, networks: Sequence[LoadedModel]) -> list[Pla
 
 
 def load_family(checkpoints: Sequence[str], dataset: str | None = None, data_dir: str | None = None,
-                image_size: int | None = None, unsafe_load: bool = False, *,
-                out_folder: str | Path | None = None) -> tuple[list[LoadedModel], DataSplits]:
-    """The checkpoints of one family (each `PATH`, loafing's own, or `MODEL=PATH`, foreign) and the data set they
-    are evaluated on: the given one, else the first checkpoint's (else digits); every checkpoint must fit it.
-    `out_folder`, where the results go, is refused inside the data folder the first checkpoint names."""
+                image_size: int | None = None, unsafe_load: bool = False, *, out_folder: str | Path | None = None,
+                granularity: str | None = None) -> tuple[list[LoadedModel], DataSplits]:
+    """The checkpoints of one family (each `PATH`, loafing's own, or `MODEL=PATH`, foreign), each seen at
+    `granularity` (default: as trained, which must then be one view for all), and the data set they are evaluated
+    on: the given one, else the first checkpoint's (else digits); every checkpoint must fit it. `out_folder`, where
+    the results go, is refused inside the data folder the first checkpoint names."""
     networks = []
     for text in checkpoints:
         model, _, path = text.rpartition("=")
-        networks.append(load_model(path, model or None, unsafe_load=unsafe_load))
+        networks.append(load_model(path, model or None, unsafe_load=unsafe_load, granularity=granularity))
     if not networks:
         raise LoafingError("give at least two checkpoints: a smaller network and one it fits inside")
+    views = sorted({n.model.granularity for n in networks})
+    if len(views) > 1:  # a plan's depths count blocks in one view and units in the other: they do not compare
+        raise LoafingError(f"the checkpoints were trained in different views ({', '.join(views)}); give "
+                           "--granularity to see them all in one")
     if out_folder is not None and data_dir is None:
         check_output_folder(out_folder, folders=[networks[0].config.get("data_dir")])
     data = evaluation_data(networks[0], dataset, data_dir, False, image_size)
@@ -119,7 +124,7 @@ def loafing_gaps(networks: Sequence[LoadedModel], data: DataSplits, evaluation: 
                 "plan": str(plan), "alone_run": str(other.config.get("run") or ""),
                 "top1_inside": 100 * correct.double().mean().item(),
                 "top1_alone": 100 * own[id(other)].double().mean().item(), "gap": gap, "gap_ci_low": gap - half,
-                "gap_ci_high": gap + half, "n_examples": n,
+                "gap_ci_high": gap + half, "n_examples": n, "granularity": host.model.granularity,
                 **calibration_columns(host.model, data, evaluation)}])
             rows.append(with_run_identifiers(table, run_identifiers(host.config, data.name)))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

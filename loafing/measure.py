@@ -20,26 +20,36 @@ from loafing.io import check_output_file
 from loafing.models import StagedModel, get_spec
 from loafing.plan_tree import evaluate_plans_across
 from loafing.plans import Plan, get_space, parse_plan
+from loafing.recipes import recipe_for
 from loafing.schema import run_identifiers, with_run_identifiers
+from loafing.weights import load_library_weights, weights_framing
 
 
 def evaluation_data(loaded: LoadedModel, dataset: str | None = None, data_dir: str | None = None,
                     download: bool = False, image_size: int | None = None) -> DataSplits:
     """The data a checkpoint is evaluated on: the given data set, else the one it was trained on (else digits),
     in its model's input recipe at its training image size unless `image_size` says otherwise."""
-    dataset = dataset or loaded.config.get("dataset") or "digits"
-    data = load_dataset(dataset, data_dir or loaded.config.get("data_dir"), download,
-                        get_spec(loaded.config["model"], loaded.config.get("model_args")).recipe,
-                        image_size or loaded.config.get("image_size"), eval_resize=loaded.config.get("eval_resize"))
+    config = loaded.config
+    dataset = dataset or config.get("dataset") or "digits"
+    image_size, eval_resize = weights_framing(config["model"], config.get("model_args"), config.get("weights"), dataset,
+                                              image_size or config.get("image_size"), config.get("eval_resize"))
+    data = load_dataset(dataset, data_dir or config.get("data_dir"), download,
+                        recipe_for(get_spec(config["model"], config.get("model_args")).recipe, image_size), image_size,
+                        eval_resize=eval_resize)
     check_classes(loaded, data)
     return data
 
 
 def check_classes(loaded: LoadedModel, data: DataSplits) -> None:
     """Raise a one-line LoafingError unless the checkpoint classifies as many classes as the data set has."""
-    if data.num_classes != loaded.config["num_classes"]:
-        raise LoafingError(f"checkpoint has {loaded.config['num_classes']} classes but {data.name} has "
-                           f"{data.num_classes}")
+    classes = loaded.config["num_classes"]
+    if data.num_classes == classes:
+        return
+    if loaded.source != "loafing" and loaded.config.get("weights"):
+        raise LoafingError(f"{loaded.config['model']}'s weights {loaded.config['run']} classify {classes} classes but "
+                           f"{data.name} has {data.num_classes}: evaluate them on a data set of their classes, or "
+                           "train from them on this one (loafing train --weights), which replaces their classifier")
+    raise LoafingError(f"checkpoint has {classes} classes but {data.name} has {data.num_classes}")
 
 
 def trained_plan(loaded: LoadedModel) -> Plan | None:
@@ -53,16 +63,29 @@ def plans_to_measure(loaded: LoadedModel, space: str) -> list[Plan]:
     return [alone] if alone else get_space(space, loaded.model.layout)
 
 
-def load_for_evaluation(ckpt: str, *, model: str | None = None, width_mult: float = 1.0, dataset: str | None = None,
-                        data_dir: str | None = None, download: bool = False, image_size: int | None = None,
-                        unsafe_load: bool = False, world: World = World(),
-                        out: str | Path | None = None) -> tuple[LoadedModel, DataSplits]:
-    """A checkpoint (loafing's own, or a foreign one of `model`) and the data set it is evaluated on; `out`, the file
-    the evaluation will write, is refused inside the data folder the checkpoint names (when `data_dir` is not given)."""
+def load_for_evaluation(ckpt: str | None, *, model: str | None = None, width_mult: float = 1.0,
+                        dataset: str | None = None, data_dir: str | None = None, download: bool = False,
+                        image_size: int | None = None, unsafe_load: bool = False, world: World = World(),
+                        out: str | Path | None = None, granularity: str | None = None,
+                        model_args: dict[str, Any] | None = None,
+                        weights: str | None = None) -> tuple[LoadedModel, DataSplits]:
+    """A checkpoint (loafing's own, or a foreign one of `model` built with `model_args`), or else a timm / torchvision
+    `model` with `weights`, seen at `granularity` (default: as trained), and the data set it is evaluated on; `out`,
+    the file the evaluation will write, is refused inside the data folder the checkpoint names (when `data_dir` is
+    not given)."""
+    if (ckpt is None) == (weights is None):
+        raise LoafingError("give --ckpt (a checkpoint) or --weights (a timm / torchvision --model's own weights), "
+                           + ("not both" if ckpt is not None else "one of them"))
+    if weights is not None and not model:
+        raise LoafingError("--weights needs --model timm:<name> or torchvision:<name>")
     if download and world.distributed:  # every process would fetch the same files at once
         raise shared_error(world, "--download under torchrun: fetch the data set once in one process, then run "
                            "without --download")
-    loaded = load_model(ckpt, model, width_mult, unsafe_load=unsafe_load)
+    if weights is not None:
+        loaded = load_library_weights(model, model_args, weights, width_mult, unsafe_load, granularity)
+    else:
+        loaded = load_model(ckpt, model, width_mult, unsafe_load=unsafe_load, granularity=granularity,
+                            model_args=model_args)
     if out is not None and data_dir is None:
         check_output_file(out, folders=[loaded.config.get("data_dir")])
     return loaded, evaluation_data(loaded, dataset, data_dir, download, image_size)
@@ -111,6 +134,7 @@ def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, 
     for column, value in calibration_columns(model, data, evaluation).items():
         df[column] = value
     df["space"] = space
+    df["granularity"] = model.granularity
     df["architecture"] = architecture_names(loaded.config["model"], df["depths"], loaded.config.get("model_args"))
     return with_run_identifiers(df, run_identifiers(loaded.config, data.name))
 

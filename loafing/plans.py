@@ -15,6 +15,11 @@ from typing import Callable
 from loafing.errors import LoafingError
 
 
+# What a step of a plan is: a residual block, or one of a transformer block's residual units (attention, MLP), which
+# library networks of families with units offer (`loafing.models.units`); steps are numbered 1..n over the body.
+GRANULARITIES = ("block", "unit")
+
+
 @dataclass(frozen=True)
 class Layout:
     """A network body: per stage the 1-based global indices of its blocks, and which blocks are skippable."""

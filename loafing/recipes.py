@@ -13,6 +13,7 @@ import torch
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 CIFAR_CROP_PADDING = 4  # the cifar recipe's random crop: zero padding on each side before cropping back
+SMALL_INPUT = 64  # inputs up to this side take the cifar recipe (a RandomResizedCrop of a 32x32 image is mostly blur)
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("imagenet", 224, "224x224; training: RandomResizedCrop + flip; evaluation: Resize 256 + CenterCrop 224",
            _imagenet_train, _imagenet_evaluate),
 )}
+
+
+def recipe_for(model_recipe: str, image_size: int | None) -> str:
+    """The recipe of a run: the cifar recipe when its images are small (at most SMALL_INPUT a side, e.g. a timm
+    ConvNeXt given --image-size 32), else the model's own."""
+    return "cifar" if image_size is not None and image_size <= SMALL_INPUT else model_recipe

@@ -129,7 +129,8 @@ def describe_plan(preset: Preset) -> pd.DataFrame:
     rows = []
     for spec in preset.runs:
         c = spec.config
-        row = {"run": spec.name, "model": c.model, "dataset": c.dataset, "method": c.method, "plan": c.plan or "",
+        args = ",".join(f"{k}={v}" for k, v in c.model_args.items())
+        row = {"run": spec.name, "model": f"{c.model} {args}".strip(), "dataset": c.dataset, "method": c.method, "plan": c.plan or "",
                "seed": c.seed, "epochs": c.epochs, "kl_every": c.kl_every or "", "options": method_options_text(c),
                "destruct": ",".join(preset.destruct_modes) if spec.destruct else ""}
         if preset.train_images:
@@ -152,6 +153,9 @@ def dry_run_text(preset: Preset) -> str:
                  + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(preset.evaluation).items())
                  + (f"; destruct: at most {preset.max_combos} networks per n" if any(s.destruct for s in preset.runs)
                     else ""))
+    influenced = [s.name for s in preset.runs if s.influence]
+    if influenced:
+        lines.append(f"block influence: {', '.join(influenced)}")
     if preset.inside is not None:
         family = ", ".join([*preset.inside.runs, *preset.inside.checkpoints])
         lines.append(f"inside-vs-alone: {family} (each smaller network inside each bigger one, and each alone)")

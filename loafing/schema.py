@@ -47,6 +47,9 @@ _method_run_columns: dict[str, MethodColumn] = {}
 PLAN_COLUMNS = {"plan": TEXT, "depths": TEXT, "n_blocks": INT, "is_main": BOOL}
 # What the model's spec calls the network a plan runs ("ResNet20"; empty where it has no name), for the figures.
 ARCHITECTURE_COLUMN = {"architecture": TEXT}
+# The view whose steps a row's plan (or block) numbers: "block", or "unit" (a transformer block's attention and MLP
+# units, `--granularity unit`); tables written before the unit view were all "block".
+GRANULARITY_COLUMN = {"granularity": TEXT}
 METRIC_COLUMNS = {"top1": FLOAT, "top5": FLOAT, "loss": FLOAT, "n_examples": INT, "kl": FLOAT}
 CALIBRATION_COLUMNS = {"recalibrated": BOOL, "calib_size": INT, "calib_seed": INT}
 
@@ -65,21 +68,23 @@ class Table:
 
 
 TABLES: dict[str, Table] = {t.name: t for t in (
-    Table("measure", "measure.csv", {**PLAN_COLUMNS, **ARCHITECTURE_COLUMN, **METRIC_COLUMNS, **CALIBRATION_COLUMNS,
-                                     "space": TEXT}),
+    Table("measure", "measure.csv", {**GRANULARITY_COLUMN, **PLAN_COLUMNS, **ARCHITECTURE_COLUMN, **METRIC_COLUMNS,
+                                     **CALIBRATION_COLUMNS, "space": TEXT}),
     Table("destruct", "destruct.csv", {
-        "mode": TEXT, "n": INT, "layers": TEXT, **PLAN_COLUMNS, **ARCHITECTURE_COLUMN, "top1": FLOAT, "drop": FLOAT, "top5": FLOAT,
-        "loss": FLOAT, "n_examples": INT, "kl": FLOAT, **CALIBRATION_COLUMNS, "sampled": BOOL}),
+        "mode": TEXT, "n": INT, "layers": TEXT, **GRANULARITY_COLUMN, **PLAN_COLUMNS, **ARCHITECTURE_COLUMN,
+        "top1": FLOAT, "drop": FLOAT, "top5": FLOAT, "loss": FLOAT, "n_examples": INT, "kl": FLOAT,
+        **CALIBRATION_COLUMNS, "sampled": BOOL}),
     # Per host network and architecture trained alone (Fig. 1's pairs): the loafing gap, paired over test images.
     Table("loafing_gap", "loafing_gap.csv", {
-        "depths": TEXT, **ARCHITECTURE_COLUMN, "plan": TEXT, "alone_run": TEXT, "top1_inside": FLOAT,
-        "top1_alone": FLOAT, "gap": FLOAT, "gap_ci_low": FLOAT, "gap_ci_high": FLOAT, "n_examples": INT,
-        **CALIBRATION_COLUMNS}),
+        **GRANULARITY_COLUMN, "depths": TEXT, **ARCHITECTURE_COLUMN, "plan": TEXT, "alone_run": TEXT,
+        "top1_inside": FLOAT, "top1_alone": FLOAT, "gap": FLOAT, "gap_ci_low": FLOAT, "gap_ci_high": FLOAT,
+        "n_examples": INT, **CALIBRATION_COLUMNS}),
     # Block influence (loafing/influence.py): 1 - mean cosine(block input, block output), and the delete-one drop.
     Table("influence", "influence.csv", {
-        "block": INT, "stage": INT, "deletable": BOOL, "cosine": FLOAT, "influence": FLOAT, "top1_drop": FLOAT,
-        "n_examples": INT, **CALIBRATION_COLUMNS}),
-    Table("kl_trajectory", "kl_trajectory.csv", {"epoch": INT, **PLAN_COLUMNS, "kl": FLOAT, "top1": FLOAT}),
+        **GRANULARITY_COLUMN, "block": INT, "stage": INT, "deletable": BOOL, "cosine": FLOAT, "influence": FLOAT,
+        "top1_drop": FLOAT, "n_examples": INT, **CALIBRATION_COLUMNS}),
+    Table("kl_trajectory", "kl_trajectory.csv", {"epoch": INT, **GRANULARITY_COLUMN, **PLAN_COLUMNS, "kl": FLOAT,
+                                                 "top1": FLOAT}),
     Table("train_log", "train_log.csv", {
         "epoch": INT, "lr": FLOAT, "loss": FLOAT, "ce": FLOAT, "kl": FLOAT,
         "test_top1_recalibrated": FLOAT, "test_loss_recalibrated": FLOAT,
@@ -187,7 +192,7 @@ def migrated(df: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
     """`df` with the run columns of a table written by an older version: a table without the method_* columns gets
     its methods' styles of then (`loafing.legacy`) and the columns only ST read emptied in other rows (CT rows once
     carried lam=1.0); a registered method's column a table lacks gets the default in that method's rows; the plans
-    of a `table` that names them but lacks `architecture` get an empty one."""
+    of a `table` that names them but lacks `architecture` get an empty one, and lacking `granularity`, "block"."""
     if "method" not in df.columns:
         return df
     df = df.copy()
@@ -206,6 +211,8 @@ def migrated(df: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
             _fill(df, name, methods.isin(column.methods), column.default)
     if table is not None and "architecture" in TABLES[table].columns and "architecture" not in df.columns:
         df["architecture"] = ""  # written before plans had a name
+    if table is not None and "granularity" in TABLES[table].columns and "granularity" not in df.columns:
+        df["granularity"] = "block"  # written before the unit view
     return df
 
 

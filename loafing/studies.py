@@ -28,6 +28,7 @@ class RunSpec:
     config: TrainConfig  # `out` and `run` are set by the study's output folder and `name`
     destruct: bool = False
     measure: bool = True  # every plan of the evaluation's space measured (the trained plan, for a run of one)
+    influence: bool = False  # block influence and each block's delete-one drop (`loafing influence`)
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,9 @@ class Preset:
 
 
 TOP_KEYS = ("name", "description", "train_images", "ct_hours", "figures", "defaults", "runs", "measure", "destruct",
-            "record", "inside", "evaluation")
-SECTION_KEYS = {"measure": ("runs",), "destruct": ("runs", "modes", "max_combos"), "record": ("kl_every",),
-                "inside": ("runs", "checkpoints", "dataset")}
+            "influence", "record", "inside", "evaluation")
+SECTION_KEYS = {"measure": ("runs",), "destruct": ("runs", "modes", "max_combos"), "influence": ("runs",),
+                "record": ("kl_every",), "inside": ("runs", "checkpoints", "dataset")}
 # Run settings a study sets elsewhere, and where.
 NOT_RUN_SETTINGS = {"kl_every": "set it per run in [record.kl_every]", "out": "each run's folder is out/runs/NAME",
                     "device": "give `loafing reproduce --device`"}
@@ -115,9 +116,13 @@ def _run_settings(path: Path, where: str, table: dict[str, Any], specs: dict[str
     for key in table if isinstance(table, dict) else ():
         if key in NOT_RUN_SETTINGS:
             raise _fail(path, where, f"{key} is not a run setting here: {NOT_RUN_SETTINGS[key]}")
-    valid = list(specs) if where == "[defaults]" else ["name", *specs]
+    valid = [*specs, "model_args"] if where == "[defaults]" else ["name", *specs, "model_args"]
     for key, value in _check_keys(path, where, table, valid).items():
         if key == "name":
+            continue
+        if key == "model_args":  # a table of builder arguments, as --model-arg gives them (a list: one run each)
+            settings[key] = ([_model_args(path, where, v) for v in value] if isinstance(value, list)
+                             else _model_args(path, where, value))
             continue
         if isinstance(value, list):
             if not value:
@@ -126,6 +131,18 @@ def _run_settings(path: Path, where: str, table: dict[str, Any], specs: dict[str
         else:
             settings[key] = _setting(path, where, specs[key], value)
     return settings
+
+
+def _model_args(path: Path, where: str, value: Any) -> dict[str, Any]:
+    """A run's model_args: a table of a timm / torchvision builder's keyword arguments, each checked."""
+    from loafing.models.registry import check_model_args  # torch-free
+
+    if not isinstance(value, dict):
+        raise _fail(path, where, f"model_args must be a table such as {{ img_size = 32 }}, got {value!r}")
+    try:
+        return check_model_args(value)
+    except LoafingError as error:
+        raise _fail(path, where, str(error)) from None
 
 
 def _expand(path: Path, where: str, entry: dict[str, Any], defaults: dict[str, Any],
@@ -225,6 +242,7 @@ def load_study(path: str | Path) -> Preset:
     measured = _names(path, "[measure] runs", sections["measure"]["runs"], names) \
         if "runs" in sections["measure"] else tuple(names)
     destructed = _names(path, "[destruct] runs", sections["destruct"].get("runs", []), names)
+    influenced = _names(path, "[influence] runs", sections["influence"].get("runs", []), names)
     modes = sections["destruct"].get("modes", list(MODES))
     if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes):
         raise _fail(path, "[destruct] modes", f"must be a list of destruct modes; valid choices: {', '.join(MODES)}")
@@ -238,7 +256,11 @@ def load_study(path: str | Path) -> Preset:
             config = make_train_config(settings)
         except LoafingError as error:
             raise _fail(path, f"run {name!r}", str(error)) from None
-        runs.append(RunSpec(name, config, destruct=name in destructed, measure=name in measured))
+        if name in influenced and config.plan:
+            raise _fail(path, "[influence] runs", f"run {name!r} trains a sub-network alone (plan {config.plan!r}); "
+                        "block influence is measured on runs of the whole network")
+        runs.append(RunSpec(name, config, destruct=name in destructed, measure=name in measured,
+                            influence=name in influenced))
     inside = _inside(path, study["inside"], names) if "inside" in study else None
     if not runs and inside is None:
         raise _fail(path, "", "a study needs [[runs]] to train or an [inside] evaluation of checkpoints")

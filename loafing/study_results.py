@@ -13,6 +13,7 @@ import pandas as pd
 from loafing.checkpoint import load_model
 from loafing.destruct import MODES, destruct
 from loafing.eval_config import EvalConfig
+from loafing.influence import block_influence
 from loafing.inside import inside_vs_alone, load_family, loafing_gaps
 from loafing.io import write_json
 from loafing.measure import evaluation_data, measure_plans, plans_to_measure
@@ -29,19 +30,25 @@ def evaluation_config(preset: Preset, device: str) -> EvalConfig:
 
 
 def evaluation_settings(preset: Preset) -> dict[str, Any]:
-    """What a run's result CSVs depend on besides its checkpoint (not the device that computed them)."""
-    settings = {k: v for k, v in dataclasses.asdict(preset.evaluation).items() if k != "device"}
+    """What a run's result CSVs depend on besides its checkpoint (not the device that computed them; a granularity
+    left to the checkpoint is left out, so that results written before the unit view still match)."""
+    settings = {k: v for k, v in dataclasses.asdict(preset.evaluation).items()
+                if k != "device" and not (k == "granularity" and v is None)}
     return {**settings, "max_combos": preset.max_combos}
 
 
+JOBS = ("measure", *MODES, "influence")  # every evaluation a study can ask of a run
+
+
 def result_file(job: str) -> str:
-    """Where a run folder keeps the CSV of one evaluation job ("measure" or a destruct mode)."""
-    return "measure.csv" if job == "measure" else f"destruct-{job}.csv"
+    """Where a run folder keeps the CSV of one evaluation job ("measure", a destruct mode or "influence")."""
+    return f"{job}.csv" if job in ("measure", "influence") else f"destruct-{job}.csv"
 
 
 def evaluation_jobs(spec: RunSpec, preset: Preset) -> list[str]:
-    """The evaluations a run gets: measure and the destruct modes, each if the spec asks for it."""
-    return ["measure"] * spec.measure + list(preset.destruct_modes if spec.destruct else ())
+    """The evaluations a run gets: measure, the destruct modes and block influence, each if the spec asks for it."""
+    return (["measure"] * spec.measure + list(preset.destruct_modes if spec.destruct else ())
+            + ["influence"] * spec.influence)
 
 
 def is_fresh(csv: Path, checkpoint: Path) -> bool:
@@ -56,7 +63,7 @@ def results_are_fresh(spec: RunSpec, out: Path, preset: Preset) -> bool:
     if not settings.exists() or json.loads(settings.read_text()) != evaluation_settings(preset):
         return False
     jobs = evaluation_jobs(spec, preset)
-    if any((out / result_file(job)).exists() for job in ["measure", *MODES] if job not in jobs):
+    if any((out / result_file(job)).exists() for job in JOBS if job not in jobs):
         return False
     return all(is_fresh(out / result_file(job), out / CHECKPOINT_NAME) for job in jobs)
 
@@ -66,7 +73,7 @@ def evaluate_run(spec: RunSpec, out: Path, preset: Preset, device: str) -> dict[
     checkpoint, settings = out / CHECKPOINT_NAME, out / "evaluation.json"
     wanted, jobs = evaluation_settings(preset), evaluation_jobs(spec, preset)
     stale = not settings.exists() or json.loads(settings.read_text()) != wanted
-    for name in ["measure", *MODES]:  # results of other evaluation settings, or of evaluations not asked for
+    for name in JOBS:  # results of other evaluation settings, or of evaluations not asked for
         if stale or name not in jobs:
             (out / result_file(name)).unlink(missing_ok=True)
     if stale:
@@ -77,13 +84,15 @@ def evaluate_run(spec: RunSpec, out: Path, preset: Preset, device: str) -> dict[
         start = time.perf_counter()
         if not is_fresh(csv, checkpoint):
             if loaded is None:
-                loaded = load_model(checkpoint)
+                loaded = load_model(checkpoint, granularity=evaluation.granularity)
                 data = evaluation_data(loaded)
             if job == "measure":
                 plans = plans_to_measure(loaded, evaluation.space)
                 space = evaluation.space if len(plans) > 1 else "plans"
                 write_table(measure_plans(loaded, plans, data, evaluation, space=space, progress=False), csv,
                             "measure")
+            elif job == "influence":
+                write_table(block_influence(loaded, data, evaluation, progress=False), csv, "influence")
             else:
                 write_table(destruct(loaded, data, job, evaluation, max_combos=preset.max_combos, progress=False),
                             csv, "destruct")
@@ -107,7 +116,7 @@ def inside_grid(preset: Preset, runs_dir: Path, folder: Path, device: str, data_
     if (settings.exists() and json.loads(settings.read_text()) == wanted
             and all(is_fresh(csv, Path(c.rpartition("=")[2])) for c in checkpoints)):
         return
-    networks, data = load_family(checkpoints, inside.dataset, data_dir)
+    networks, data = load_family(checkpoints, inside.dataset, data_dir, granularity=preset.evaluation.granularity)
     evaluation = evaluation_config(preset, device)
     write_table(inside_vs_alone(networks, data, evaluation, progress=progress), csv, "measure")
     gaps, gaps_csv = loafing_gaps(networks, data, evaluation, progress=progress), folder / "loafing_gap.csv"
@@ -121,7 +130,8 @@ def inside_grid(preset: Preset, runs_dir: Path, folder: Path, device: str, data_
 def collect_results(folders: Sequence[Path], results_dir: Path) -> dict[str, Path]:
     """Concatenate the CSVs of these folders (runs, the inside grid) into one tidy CSV per table in `results_dir`."""
     sources = {"measure": ["measure.csv"], "destruct": [result_file(m) for m in MODES],
-               "kl_trajectory": [KL_NAME], "train_log": [LOG_NAME], "loafing_gap": ["loafing_gap.csv"]}
+               "kl_trajectory": [KL_NAME], "train_log": [LOG_NAME], "loafing_gap": ["loafing_gap.csv"],
+               "influence": [result_file("influence")]}
     written = {}
     for table, files in sources.items():
         parts = [read_table(folder / f, table) for folder in folders for f in files if (folder / f).exists()]

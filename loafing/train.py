@@ -129,7 +129,7 @@ def record_kl(run: Run) -> pd.DataFrame:
     probe = make_loader(seeded_subset(run.data.test, config.kl_probe_size, config.seed), config.eval_batch_size)
     df = evaluate_plans_across(run.world, run.model, run.kl_plans, probe, run.calib_loader, run.device,
                                progress=False)
-    return df[["plan", "depths", "n_blocks", "is_main", "kl", "top1"]]
+    return df[["plan", "depths", "n_blocks", "is_main", "kl", "top1"]].assign(granularity=run.model.granularity)
 
 
 def peak_memory_mib(device: torch.device) -> tuple[float, str]:
@@ -231,7 +231,8 @@ def restore_state(run: Run) -> tuple[int, list[dict], list[dict]]:
     run.rng.setstate(rng["python"])
     if rng.get("loader") is not None and isinstance(run.train_loader, DataLoader):
         run.train_loader.generator.set_state(rng["loader"])
-    return state["epoch"] + 1, state["log_rows"], state["kl_rows"]
+    # KL rows of a run started before plans had a view (the granularity column) were all of blocks.
+    return state["epoch"] + 1, state["log_rows"], [{"granularity": "block", **row} for row in state["kl_rows"]]
 
 
 def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, resume: bool = False) -> pd.DataFrame:
@@ -263,7 +264,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False, r
 
 
 def _train(config: TrainConfig, world: World, device: torch.device, progress: bool, resume: bool) -> pd.DataFrame:
-    run = build_run(config, world, device)
+    run = build_run(config, world, device, resume)
     config = run.config
     ids = run_identifiers(dataclasses.asdict(config), config.dataset)
     first_epoch, log_rows, kl_rows = restore_state(run) if resume else (1, [], [])

@@ -23,6 +23,8 @@ from loafing.evaluate import resolve_device
 from loafing.methods import TrainingStep, check_method, get_method, trained_plan
 from loafing.models import StagedModel, create_model, get_spec
 from loafing.plans import Plan, ordered_space
+from loafing.recipes import recipe_for
+from loafing.weights import check_weights, start_from_weights, weights_framing
 
 
 @dataclass
@@ -79,6 +81,8 @@ def check_config(config: TrainConfig, world: World = World(), device: torch.devi
                            f"--batch-size and --train-size of at least {2 * world.size}")
     if config.nesterov and config.momentum == 0:
         raise LoafingError("--nesterov needs a momentum: pass --momentum above 0 (e.g. 0.9)")
+    if config.nesterov and config.optimizer != "sgd":
+        raise LoafingError(f"--nesterov is SGD's; --optimizer {config.optimizer} has none (use --optimizer sgd)")
     if config.data_on_device and config.train_image_size is not None:
         raise LoafingError("--train-image-size does not combine with --data-on-device, whose crops keep the images' "
                            "stored size; drop one of them")
@@ -86,6 +90,8 @@ def check_config(config: TrainConfig, world: World = World(), device: torch.devi
         if device is not None and device.type != "cuda":
             raise LoafingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm only runs on CUDA tensors (on the CPU, "
                                "each process normalizes its own share of the batch)")
+    if config.weights is not None:
+        check_weights(config.model, config.model_args, config.weights)
     check_method(config, device, world)
 
 
@@ -100,9 +106,11 @@ def kl_trajectory_plans(model: StagedModel, config: TrainConfig) -> list[Plan]:
 def training_data(config: TrainConfig) -> DataSplits:
     """The run's data in its model's input recipe; with `train_size`, a seeded subset of the training split
     (its augmented and plain views holding the same images)."""
+    image_size, eval_resize = weights_framing(config.model, config.model_args, config.weights, config.dataset,
+                                              config.image_size, config.eval_resize)
     data = load_dataset(config.dataset, config.data_dir, config.download,
-                        get_spec(config.model, config.model_args).recipe, config.image_size,
-                        config.train_image_size, config.eval_resize)
+                        recipe_for(get_spec(config.model, config.model_args).recipe, image_size), image_size,
+                        config.train_image_size, eval_resize)
     if config.train_size is not None and config.train_size < len(data.train):
         chosen = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
         indices = chosen[:config.train_size].tolist()
@@ -116,7 +124,8 @@ def train_batches(config: TrainConfig, data: DataSplits, world: World,
     torchrun, or the device-resident split (`data_on_device`)."""
     batch_size = config.batch_size // world.size
     if config.data_on_device:
-        split = resident_split(data.train, get_spec(config.model, config.model_args).recipe, data.image_size)
+        split = resident_split(data.train, recipe_for(get_spec(config.model, config.model_args).recipe,
+                                                      data.image_size), data.image_size)
         return DeviceBatches(split, batch_size, device, config.seed, world.rank, world.size)
     sampler = None
     if world.distributed:
@@ -127,9 +136,19 @@ def train_batches(config: TrainConfig, data: DataSplits, world: World,
                        drop_last=share > batch_size, sampler=sampler)
 
 
-def build_run(config: TrainConfig, world: World = World(), device: torch.device | None = None) -> Run:
+def make_optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer --optimizer names, with the run's learning rate and weight decay."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=config.nesterov)
+
+
+def build_run(config: TrainConfig, world: World = World(), device: torch.device | None = None,
+              resume: bool = False) -> Run:
     """The model, method step, data, optimizer and schedule of a run, seeded by `config.seed`; under torchrun,
-    this rank's part of it (the model and the ST sampler alike on every rank, the data shared out)."""
+    this rank's part of it (the model and the ST sampler alike on every rank, the data shared out). The model
+    starts from `config.weights` unless `resume` (the run's checkpoint is loaded next)."""
     device = device or resolve_device(config.device)
     if config.amp == "fp16" and device.type == "cpu":
         warnings.warn("--amp fp16 on the CPU is many times slower than float32 (about 20x for ResNet-20 here); "
@@ -143,8 +162,10 @@ def build_run(config: TrainConfig, world: World = World(), device: torch.device 
                                  run=config.run or Path(config.out).name, world_size=world.size)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    model = create_model(config.model, data.num_classes, config.width_mult, config.model_args)
-    if data.mean is not None:
+    model = create_model(config.model, data.num_classes, config.width_mult, config.model_args, config.granularity)
+    if config.weights is not None:  # with the input normalization the weights expect, not the data set's
+        start_from_weights(model, config.model, config.model_args, config.weights, load=not resume)
+    elif data.mean is not None:
         model.set_normalization(data.mean, data.std)
     if config.bn_momentum is not None:
         set_bn_momentum(model, config.bn_momentum)
@@ -154,8 +175,7 @@ def build_run(config: TrainConfig, world: World = World(), device: torch.device 
     parameters = list(model.parameters()) + (list(step.modules.parameters()) if step.modules is not None else [])
     if step.modules is not None:
         step.modules.to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                                nesterov=config.nesterov)
+    optimizer = make_optimizer(parameters, config)
     train_loader = train_batches(config, data, world, device)
     steps = config.epochs * (len(train_loader) if config.lr_step == "iteration" else 1)
     trained: nn.Module = StepModule(model, step)

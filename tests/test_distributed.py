@@ -68,9 +68,14 @@ def _ddp_worker(rank: int, world_size: int, port: int, config: dict, out: str) -
     torch.save({"state": run.model.state_dict(), "plans": plans}, Path(out) / f"rank{rank}.pt")
 
 
-@pytest.mark.parametrize("method", ["ct", "st"])
-def test_two_ddp_processes_equal_one_process_averaging_each_ranks_gradients(method, tmp_path):
-    config = dict(SMALL_RUN, method=method, out=str(tmp_path / "run"))
+# A library network (issue 22): a timm ViT at sub-layer granularity, its LayerNorms holding no running statistics.
+LIBRARY_RUN = dict(model="timm:vit_tiny_patch16_224", granularity="unit",
+                   model_args=dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2))
+
+
+@pytest.mark.parametrize("method, model", [("ct", {}), ("st", {}), ("st", LIBRARY_RUN)], ids=["ct", "st", "st-vit"])
+def test_two_ddp_processes_equal_one_process_averaging_each_ranks_gradients(method, model, tmp_path):
+    config = dict(SMALL_RUN, method=method, out=str(tmp_path / "run"), **model)
     torch.multiprocessing.spawn(_ddp_worker, args=(2, free_port(), config, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 

@@ -66,7 +66,9 @@ def test_a_missing_required_option_is_one_line_with_its_choices(tmp_path, run_cl
     assert err.strip().splitlines() == ["loafing: error: Missing option '--mode'. Choose from: delete-one, "
                                         "delete-many, permute"]
     code, _, err = run_cli("measure", "--out", tmp_path / "m.csv")
-    assert code == 2 and err.strip().splitlines() == ["loafing: error: Missing option '--ckpt'."]
+    assert code == 2 and err.strip().splitlines() == [
+        "loafing: error: give --ckpt (a checkpoint) or --weights (a timm / torchvision --model's own weights), one of "
+        "them"]
     assert not list(tmp_path.iterdir())
 
 

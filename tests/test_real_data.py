@@ -285,3 +285,50 @@ def _crop(image: torch.Tensor, top: int, left: int, flip: bool) -> torch.Tensor:
     """`image` zero-padded by 4, cropped back to 32x32 at (top, left), mirrored if `flip`."""
     padded = torch.nn.functional.pad(image, (4, 4, 4, 4))[:, top:top + 32, left:left + 32]
     return padded.flip(-1) if flip else padded
+
+
+# A library network, its deletion plan and the same block as timm's network holds it (net -> its blocks' container).
+LIBRARY_DELETIONS = {
+    "convnext": ("timm:convnext_atto", {"patch_size": 2}, "[1,2] [3,4] [5,7,8,9,10] [11,12]",
+                 lambda net: (net.stages[2].blocks, 1)),
+    "vit": ("timm:vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 4,
+                                          "num_heads": 2}, "[1,2,4]", lambda net: (net.blocks, 2)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(LIBRARY_DELETIONS))
+def test_a_library_networks_deletion_plan_on_jpegs_is_the_network_with_that_block_an_identity(
+        family, run_cli, small_cifar, tmp_path):
+    import timm
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    name, args, plan, container = LIBRARY_DELETIONS[family]
+    model_args = [a for k, v in args.items() for a in ("--model-arg", f"{k}={v}")]
+    code, _, err = run_cli("train", "--model", name, *model_args, "--dataset", "imagefolder", "--data-dir",
+                           small_cifar, "--epochs", "1", "--lr", "0.01", "--image-size", "32", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli("measure", "--ckpt", tmp_path / "run" / "checkpoint.pt", "--plan", plan,
+                           "--out", tmp_path / "m.csv")
+    assert code == 0, err
+    measured = pd.read_csv(tmp_path / "m.csv")
+    assert measured["plan"].tolist() == [plan] and not measured["recalibrated"].any()  # LayerNorm: nothing to do
+    assert measured["n_examples"].item() == 500
+
+    # The same weights in timm's own network, the block replaced by nn.Identity, on the JPEGs decoded by PIL.
+    state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    net = timm.create_model(name.partition(":")[2], num_classes=10, **args)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state["model"].items()})
+    blocks, index = container(net)
+    blocks[index] = torch.nn.Identity()
+    net.eval()
+    mean = torch.tensor(state["normalization"]["mean"]).view(3, 1, 1)
+    std = torch.tensor(state["normalization"]["std"]).view(3, 1, 1)
+    correct = total = 0
+    with torch.no_grad():
+        for label, klass in enumerate(CLASSES):
+            files = sorted((small_cifar / "test" / klass).iterdir())
+            images = torch.stack([(pil_to_tensor(Image.open(f).convert("RGB")) / 255 - mean) / std for f in files])
+            correct += (net(images).argmax(1) == label).sum().item()
+            total += len(files)
+    assert measured["top1"].item() == pytest.approx(100 * correct / total, abs=1e-9)

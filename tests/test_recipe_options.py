@@ -32,6 +32,22 @@ def test_nesterov_takes_the_look_ahead_step_on_the_first_batch(tmp_path):
         torch.testing.assert_close(p.detach(), weight - lr * (1 + mu) * g, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_adamw_takes_adams_first_step_with_decoupled_weight_decay(tmp_path):
+    run = build_run(make_train_config({**SMALL, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
+                                       "out": str(tmp_path)}))
+    x, y = next(iter(run.train_loader))
+    loss, _, _ = run.trained(x, y)
+    loss.backward()
+    before = {n: (p.detach().clone(), p.grad.detach().clone()) for n, p in run.model.named_parameters()}
+    run.optimizer.step()
+    lr, wd, eps = 1e-3, 0.05, 1e-8
+    for name, p in run.model.named_parameters():
+        weight, grad = before[name]
+        # Adam's first step, bias-corrected, is g / (|g| + eps); the decay shrinks the weight, not the gradient.
+        expected = weight * (1 - lr * wd) - lr * grad / (grad.abs() + eps)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_the_cosine_schedule_steps_per_iteration_when_asked(tmp_path):
     per_epoch = build_run(make_train_config({**SMALL, "out": str(tmp_path / "a")}))
     per_step = build_run(make_train_config({**SMALL, "lr_step": "iteration", "out": str(tmp_path / "b")}))
@@ -65,12 +81,18 @@ def test_reestimating_bn_each_epoch_changes_the_checkpoints_statistics_not_the_w
         torch.testing.assert_close(b[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_training_crops_may_be_smaller_than_the_test_crop_and_evaluation_may_resize_first(tmp_path):
+def image_folder(root, height: int, width: int, seed: int) -> None:
+    """Train and test folders of two classes, each holding the same random image of this size."""
     for split in ("train", "test"):
         for label in ("a", "b"):
-            (tmp_path / split / label).mkdir(parents=True)
-            pixels = torch.randint(0, 256, (48, 40, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
-            Image.fromarray(pixels.numpy()).save(tmp_path / split / label / "0.png")
+            (root / split / label).mkdir(parents=True)
+            pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8,
+                                   generator=torch.Generator().manual_seed(seed))
+            Image.fromarray(pixels.numpy()).save(root / split / label / "0.png")
+
+
+def test_training_crops_may_be_smaller_than_the_test_crop_and_evaluation_may_resize_first(tmp_path):
+    image_folder(tmp_path, 48, 40, 7)
     data = load_dataset("imagefolder", str(tmp_path), recipe="imagenet", image_size=32, train_image_size=24,
                         eval_resize=36)
     assert data.train[0][0].shape == (3, 24, 24)
@@ -86,6 +108,8 @@ def test_training_crops_may_be_smaller_than_the_test_crop_and_evaluation_may_res
     ({"nesterov": True, "momentum": 0.0}, "--nesterov needs a momentum"),
     ({"train_image_size": 24, "data_on_device": True}, "does not combine with --data-on-device"),
     ({"lr_step": "batch"}, "iteration"),
+    ({"optimizer": "adamw", "nesterov": True}, "--nesterov is SGD's"),
+    ({"optimizer": "adam"}, "valid choices: sgd, adamw"),
     ({"bn_reestimate": -1}, "--bn-reestimate"),
 ])
 def test_recipe_settings_that_cannot_work_are_refused_in_one_line(settings, message, tmp_path):
@@ -94,3 +118,21 @@ def test_recipe_settings_that_cannot_work_are_refused_in_one_line(settings, mess
     with pytest.raises(LoafingError, match=message) as caught:
         check_config(make_train_config({**SMALL, **settings, "out": str(tmp_path)}))
     assert "\n" not in str(caught.value)
+
+
+def test_small_images_take_the_cifar_recipe_whatever_the_models_own(tmp_path):
+    from loafing.training_run import training_data
+
+    image_folder(tmp_path, 32, 32, 3)
+    raw = torch.from_numpy(np.array(Image.open(tmp_path / "test" / "a" / "0.png"))).permute(2, 0, 1)
+    # resnet50's own recipe is ImageNet's; at --image-size 32 the test image is itself, not resized and cropped,
+    # and a training image is a pad-4 crop of it (at most 4 pixels shifted), not a RandomResizedCrop.
+    data = training_data(make_train_config({"model": "resnet50", "dataset": "imagefolder", "data_dir": str(tmp_path),
+                                            "image_size": 32}))
+    torch.testing.assert_close(data.test[0][0], raw.float() / 255)
+    for _ in range(20):
+        crop = (data.train[0][0] * 255).round().to(torch.uint8)
+        assert any(torch.equal(crop[:, 4:28, 4:28], view[:, 4 + dy:28 + dy, 4 + dx:28 + dx])
+                   for view in (raw, raw.flip(-1)) for dy in range(-4, 5) for dx in range(-4, 5))
+    at_224 = training_data(make_train_config({"model": "resnet50", "dataset": "imagefolder", "data_dir": str(tmp_path)}))
+    assert at_224.test[0][0].shape == (3, 224, 224)

@@ -9,6 +9,7 @@ from loafing.checkpoint import load_model
 from loafing.data import load_dataset, make_loader, seeded_subset
 from loafing.evaluate import evaluate_plans_one_by_one
 from loafing.figures import FIGURES, make_figures
+from loafing.influence import block_influence
 from loafing.models import create_model
 from loafing.errors import LoafingError
 from loafing.measure import measure_plans
@@ -24,7 +25,7 @@ BASE = dict(model="resnet20-cifar", epochs=1, lr=0.1, kl_probe_size=64, monitor_
 
 
 def tiny_preset(calib_size: int = 128) -> Preset:
-    runs = (RunSpec("ct", make_train_config({**BASE, "method": "ct", "kl_every": 1}), destruct=True),
+    runs = (RunSpec("ct", make_train_config({**BASE, "method": "ct", "kl_every": 1}), destruct=True, influence=True),
             RunSpec("st", make_train_config({**BASE, "method": "st", "kl_every": 1}), destruct=True),
             RunSpec("alone", make_train_config({**BASE, "method": "ct", "plan": "[1] [4] [7]"})))
     return Preset("tiny", "test", runs, evaluation=EvalConfig(calib_size=calib_size), max_combos=5, train_images=1347)
@@ -66,6 +67,14 @@ def test_reproduce_trains_measures_destructs_and_plots(reproduced):
                                          torch.device("cpu"), progress=False)
     got = measure[measure["run"] == "ct"].set_index("plan").loc[[str(p) for p in plans], "top1"]
     assert got.tolist() == pytest.approx(expected["top1"].tolist(), abs=1e-9)
+
+    # [influence]: the study's table is `loafing influence`'s own on that checkpoint, for the runs that ask for it.
+    influence = pd.read_csv(out / "results" / "influence.csv")
+    assert set(influence["run"]) == {"ct"} and "influence" in made
+    direct = block_influence(loaded, data, EvalConfig(calib_size=128), progress=False)
+    assert influence["block"].tolist() == direct["block"].tolist()
+    assert influence["influence"].to_numpy() == pytest.approx(direct["influence"].to_numpy(), abs=1e-9, nan_ok=True)
+    assert influence["top1_drop"].to_numpy() == pytest.approx(direct["top1_drop"].to_numpy(), abs=1e-9, nan_ok=True)
 
 
 def test_reproduce_reuses_completed_work_and_finishes_interrupted_work(reproduced):

@@ -145,6 +145,12 @@ def test_lists_expand_to_one_run_per_value_in_file_order_and_names_fill_in(tmp_p
                                             "[record.kl_every]"),
     ('[[runs]]\nname = "a"\n[destruct]\nruns = ["b"]', "[destruct] runs: unknown run 'b'; valid choices: a"),
     ('[[runs]]\nname = "a"\n[destruct]\nmodes = ["shuffle"]', "valid choices: delete-one, delete-many, permute"),
+    ('[[runs]]\nname = "a"\nmodel = "timm:vit_tiny_patch16_224"\nmodel_args = 3', "model_args must be a table"),
+    ('[[runs]]\nname = "a"\nmodel = "timm:vit_tiny_patch16_224"\nmodel_args = { num_classes = 3 }',
+     "--model-arg num_classes is not allowed"),
+    ('[[runs]]\nname = "a"\n[influence]\nruns = ["b"]', "[influence] runs: unknown run 'b'; valid choices: a"),
+    ('[[runs]]\nname = "a"\nplan = "[1] [4] [7]"\n[influence]\nruns = ["a"]',
+     "[influence] runs: run 'a' trains a sub-network alone"),
     ('[[runs]]\nname = "a"\n[record.kl_every]\nb = 2', "[record.kl_every]: unknown key 'b'; valid keys: a"),
     ('[[runs]]\nname = "a"\n[evaluation]\ncalib_sise = 5', "[evaluation]: unknown key 'calib_sise'; valid keys: "
                                                            "calib_size, calib_seed, recalibrate,"),
@@ -212,3 +218,28 @@ def test_builtin_studies_work_from_an_install_outside_the_checkout(tmp_path, edi
         assert shipped == sorted(f"{n}.toml" for n in study_names())
         assert not (site / "analyses").exists()  # no top-level folder or package besides loafing
         assert next(site.glob("loafing-*.dist-info/top_level.txt")).read_text().split() == ["loafing"]
+
+
+def test_a_study_builds_library_networks_with_their_builder_arguments(tmp_path):
+    path = write(tmp_path, """
+        [defaults]
+        model = "timm:vit_tiny_patch16_224"
+        model_args = { img_size = 32, patch_size = 4, depth = 2 }
+        [[runs]]
+        name = "vit-{method}"
+        method = ["ct", "st"]
+        [[runs]]
+        name = "deep"
+        model_args = [{ img_size = 32, patch_size = 4, depth = 3, embed_dim = 48 }]
+        [influence]
+        runs = ["vit-st"]
+        """)
+    study = load_study(path)
+    assert [r.name for r in study.runs] == ["vit-ct", "vit-st", "deep"]
+    assert study.runs[0].config.model_args == {"img_size": 32, "patch_size": 4, "depth": 2}
+    assert study.runs[2].config.model_args["depth"] == 3
+    assert [r.name for r in study.runs if r.influence] == ["vit-st"]
+    from loafing.models import create_model
+
+    assert create_model("timm:vit_tiny_patch16_224", 10, model_args=study.runs[2].config.model_args).layout.stage_sizes \
+        == (3,)

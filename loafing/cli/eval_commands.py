@@ -9,7 +9,8 @@ from typing import Any, Callable
 import click
 from click.core import ParameterSource
 
-from loafing.cli.options import POSITIVE_INT, apply, echo_figures, registry_choice, spec_option, spec_options
+from loafing.cli.options import (MODEL_ARG, POSITIVE_INT, apply, echo_figures, registry_choice, spec_option,
+                                 spec_options)
 from loafing.config import TrainConfig
 from loafing.errors import LoafingError
 from loafing.eval_config import MAX_COMBOS, EvalConfig, eval_option_specs
@@ -38,8 +39,8 @@ def train_spec(name: str, help: str) -> OptionSpec:
 DATASET = click.option("--dataset", type=registry_choice("dataset", "loafing.data", "DATASETS"), default=None,
                        help="Data set (default: the checkpoint's, else digits).")
 DATA_DIR = click.option("--data-dir", default=None, help="Folder holding the data set.")
-IMAGE_SIZE = spec_option(train_spec("image_size", "Side of the input images [default: the checkpoint's, else the "
-                                     "model's recipe]."))
+IMAGE_SIZE = spec_option(train_spec("image_size", "Side of the input images [default: the checkpoint's, else what "
+                                     "named --weights expect, else the model's recipe]."))
 UNSAFE_LOAD = click.option("--unsafe-load", is_flag=True,
                            help="Unpickle a checkpoint that holds Python objects besides tensors (this can run code "
                            "in it): only for a file you trust.")
@@ -49,10 +50,17 @@ QUIET = click.option("--quiet", is_flag=True, help="No progress bars.")
 def checkpoint_options(command: Callable) -> Callable:
     """The options naming one checkpoint and the data it is evaluated on."""
     return apply([
-        click.option("--ckpt", required=True,
-                     help="Checkpoint: loafing's own, akamaster CIFAR ResNet, or torchvision."),
-        click.option("--model", type=registry_choice("model", "loafing.models", "MODELS"), default=None,
-                     help="Model; required for foreign checkpoints."),
+        click.option("--ckpt", default=None,
+                     help="Checkpoint: loafing's own, a foreign file of --model (akamaster CIFAR ResNet, torchvision), "
+                     "or akamaster:<name>, one of akamaster's published CIFAR ResNets (e.g. akamaster:resnet56; "
+                     "fetched once into torch's hub cache, hash-checked at every use)."),
+        click.option("--weights", default=None,
+                     help="Instead of --ckpt: a timm / torchvision --model's own weights, pretrained (its library's "
+                     "default, downloaded once and cached), another set its library names (a timm tag, a torchvision "
+                     "name such as IMAGENET1K_V1), or a state-dict file in its own key names."),
+        spec_option(dataclasses.replace(train_spec("model", "Model; required for foreign checkpoints and --weights."),
+                                        default=None)),
+        MODEL_ARG,
         spec_option(train_spec("width_mult", "Width multiplier of a foreign checkpoint.")),
         DATASET, DATA_DIR,
         click.option("--download", is_flag=True, help="Download the data set if missing (needs network)."),
@@ -63,17 +71,17 @@ def checkpoint_options(command: Callable) -> Callable:
 OUT_CSV = click.option("--out", required=True, help="CSV file to write.")
 
 
-def prepare(out: str, evaluation: EvalConfig, ckpt: str, **source) -> tuple[Any, Any, Any, Any]:
-    """Check the output file, then load the checkpoint and the data it is evaluated on: (loaded, data, world,
-    device), `source` naming the model and data as `load_for_evaluation` takes them."""
+def prepare(out: str, evaluation: EvalConfig, ckpt: str | None, **source) -> tuple[Any, Any, Any, Any]:
+    """Check the output file, then load the checkpoint (or --weights) and the data it is evaluated on: (loaded, data,
+    world, device), `source` naming the model and data as `load_for_evaluation` takes them."""
     from loafing.distributed import current_world
     from loafing.io import check_output_file
     from loafing.measure import evaluation_device, load_for_evaluation
 
-    check_output_file(out, [ckpt], folders=[source.get("data_dir")])
+    check_output_file(out, [p for p in (ckpt, source.get("weights")) if p], folders=[source.get("data_dir")])
     world = current_world()
     device = evaluation_device(evaluation, world)
-    loaded, data = load_for_evaluation(ckpt, world=world, out=out, **source)
+    loaded, data = load_for_evaluation(ckpt, world=world, out=out, granularity=evaluation.granularity, **source)
     return loaded, data, world, device
 
 
@@ -145,7 +153,8 @@ def destruct(out: str, quiet: bool, mode: str, max_combos: int, **options) -> No
 
 @click.command("inside-vs-alone")
 @click.option("--ckpt", "checkpoints", multiple=True, required=True,
-              help="A checkpoint, as PATH (loafing's own) or MODEL=PATH (foreign); give two or more of one family.")
+              help="A checkpoint, as PATH (loafing's own), MODEL=PATH (foreign) or akamaster:<name> (a published "
+              "one, e.g. akamaster:resnet56); give two or more of one family.")
 @DATASET
 @DATA_DIR
 @IMAGE_SIZE
@@ -173,7 +182,8 @@ def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir:
     check_output_file(Path(check_output_folder(out, folders=[data_dir])) / "measure.csv",
                       [t.rpartition("=")[2] for t in checkpoints], folders=[data_dir])
     evaluation_device(evaluation)  # a bad --device is said before the checkpoints are read
-    networks, data = load_family(checkpoints, dataset, data_dir, image_size, unsafe_load, out_folder=out)
+    networks, data = load_family(checkpoints, dataset, data_dir, image_size, unsafe_load, out_folder=out,
+                                 granularity=evaluation.granularity)
     write_table(study(networks, data, evaluation, progress=not quiet), Path(out) / "measure.csv", "measure")
     gaps = loafing_gaps(networks, data, evaluation, progress=not quiet)
     if not gaps.empty:

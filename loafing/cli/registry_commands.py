@@ -3,21 +3,25 @@ from __future__ import annotations
 
 import click
 
-from loafing.cli.options import MODEL_ARG
+from loafing.cli.options import MODEL_ARG, spec_option
+from loafing.config import TrainConfig
+from loafing.options import option_specs
 
 
 @click.command()
 @click.argument("name", required=False)
 @MODEL_ARG
-def models(name: str | None, model_args: dict) -> None:
+@spec_option(next(s for s in option_specs(TrainConfig) if s.name == "granularity"))
+def models(name: str | None, model_args: dict, granularity: str) -> None:
     """List the models and the timm / torchvision families; with NAME, one model's stages and blocks.
 
     Listing builds no network: a registered model's stages come from its spec. NAME (a registered model, or
-    timm:<name> / torchvision:<name> with its --model-arg) is built once on the meta device."""
+    timm:<name> / torchvision:<name> with its --model-arg) is built once on the meta device; with --granularity
+    unit, its steps are its transformer blocks' attention and MLP units."""
     from loafing.models import MODELS, get_spec
 
     if name is not None:
-        _describe(name, get_spec(name, model_args))
+        _describe(name, get_spec(name, model_args, granularity))
         return
     for name, spec in MODELS.items():
         _summary(spec)
@@ -27,7 +31,8 @@ def models(name: str | None, model_args: dict) -> None:
                "with its builder's keyword arguments as --model-arg key=value (`loafing models timm:<name>` shows "
                "its stages):")
     for family in FAMILIES:
-        units = (f"; residual units per block: {', '.join(family.units)}; branch alone (--method stochastic-depth, "
+        units = (f"; residual units per block: {', '.join(family.units)}"
+                 f"{' (--granularity unit)' if len(family.units) > 1 else ''}; branch alone (--method stochastic-depth, "
                  f"raw paths): {'yes' if family.adds_last else 'no'}")
         depth = f"; stochastic depth: --model-arg {family.drop_path}=P" if family.drop_path else ""
         click.echo(f"  {family.library}:{family.name} ({' '.join(family.patterns)}): {family.description}{units}"

@@ -41,7 +41,8 @@ def train(overwrite: bool, quiet: bool, resume_dir: str | None, **options) -> No
         config = make_train_config(options)
         from loafing.models import get_spec
 
-        get_spec(config.model, config.model_args)  # an unknown network or bad --model-arg before the run folder
+        # An unknown network, a bad --model-arg or a view it has not, before the run folder.
+        get_spec(config.model, config.model_args, config.granularity)
     log = run_training(config, progress=not quiet, overwrite=overwrite, resume=bool(resume_dir))
     if log.empty:  # a torchrun process other than rank 0: rank 0 reports
         return

@@ -138,10 +138,10 @@ def check_st(config: TrainConfig, device: torch.device | None, world: World) -> 
     if options["space_size"] is not None:
         if options["sampling"] != "ordered":
             raise LoafingError("--space-size restricts the ordered space; it needs --sampling ordered")
-        layout = get_spec(config.model, config.model_args).layout()
+        layout = get_spec(config.model, config.model_args, config.granularity).layout()
         restricted_ordered_space(layout, options["space_size"], options["space_seed"])
     if options["sampling"] == "space3":
-        space3_depths(get_spec(config.model, config.model_args).layout())
+        space3_depths(get_spec(config.model, config.model_args, config.granularity).layout())
     if config.sync_bn and options["st_step"] == "shared":
         raise LoafingError("--sync-bn cannot normalize the shared ST step's two stacked batches separately; "
                            "pass --st-step simple with --sync-bn")

@@ -19,8 +19,9 @@ from loafing.errors import LoafingError
 from loafing.models.families import FAMILIES, LIBRARIES, Family, Transitioned, family_of
 from loafing.models.registry import RESERVED_ARGS, ModelSpec, check_model_args
 from loafing.models.staged import StagedModel
+from loafing.models.units import Unit, no_units, unit_stages
+from loafing.recipes import SMALL_INPUT
 
-SMALL_INPUT = 64  # networks taking inputs up to this side get the cifar recipe, larger ones the imagenet recipe
 
 
 def parse_value(text: str) -> Any:
@@ -57,17 +58,20 @@ def _frozen(args: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 class AdaptedModel(StagedModel):
     """A library network staged by its family: the family's stem, its blocks (a stage's transition run before the
-    stage's first block), and its head, each calling the network's own modules."""
+    stage's first block) or, at granularity "unit", its blocks' residual units, and its head, each calling the
+    network's own modules."""
 
-    def __init__(self, net: nn.Module, family: Family, input_size: int | None) -> None:
+    def __init__(self, net: nn.Module, family: Family, input_size: int | None, granularity: str = "block") -> None:
         from loafing.conv import crop_conv_kernels
 
         net = crop_conv_kernels(net)  # before the blocks are listed, so they are the modules the network holds
         stages = family.stages(net)
-        blocks = [b for stage in stages for b in stage]
-        skippable = [not isinstance(b, Transitioned) and family.skippable(b) for b in blocks]
-        super().__init__(net, blocks, [len(s) for s in stages], skippable)
-        self.family, self.input_size = family, input_size
+        if granularity == "unit":
+            stages, skippable = unit_stages(stages, family)
+        else:
+            skippable = [not isinstance(b, Transitioned) and family.skippable(b) for stage in stages for b in stage]
+        super().__init__(net, [b for stage in stages for b in stage], [len(s) for s in stages], skippable)
+        self.family, self.input_size, self.granularity = family, input_size, granularity
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
@@ -144,58 +148,65 @@ def build_network(name: str, num_classes: int, model_args: Mapping[str, Any] | N
     return net, family
 
 
-def build_adapted(name: str, num_classes: int, model_args: Mapping[str, Any] | None = None) -> AdaptedModel:
-    """The staged view of the library network `name` built with `model_args`."""
+def build_adapted(name: str, num_classes: int, model_args: Mapping[str, Any] | None = None,
+                  granularity: str = "block") -> AdaptedModel:
+    """The staged view of the library network `name` built with `model_args`, at `granularity`."""
     net, family = build_network(name, num_classes, model_args)
-    return adapted(net, family)
+    return adapted(net, family, granularity)
 
 
-def adapted(net: nn.Module, family: Family) -> AdaptedModel:
-    """The staged view of `net`, a network of `family` (one that can run a block's residual branch alone where the
-    family's blocks allow it)."""
-    return (SplitAdaptedModel if family.adds_last else AdaptedModel)(net, family, family.input_size(net))
+def adapted(net: nn.Module, family: Family, granularity: str = "block") -> AdaptedModel:
+    """The staged view of `net`, a network of `family`, at `granularity` (one that can run a step's residual branch
+    alone where the family's blocks allow it)."""
+    if granularity == "unit" and len(family.units) < 2:
+        raise no_units(f"{type(net).__name__} (a {family.library}:{family.name} network)")
+    return (SplitAdaptedModel if family.adds_last else AdaptedModel)(net, family, family.input_size(net), granularity)
 
 
-def _staged_on_meta(name: str, model_args: Mapping[str, Any]) -> AdaptedModel:
+def _staged_on_meta(name: str, model_args: Mapping[str, Any], granularity: str) -> AdaptedModel:
     """The staged network built on the meta device (no memory, no initialization), else on the CPU."""
     try:
         with torch.device("meta"):
-            return build_adapted(name, 10, model_args)
+            return build_adapted(name, 10, model_args, granularity)
     except (RuntimeError, NotImplementedError):  # a network whose construction computes on its tensors
-        return build_adapted(name, 10, model_args)
+        return build_adapted(name, 10, model_args, granularity)
 
 
 @functools.lru_cache(maxsize=64)
-def _adapted_spec(name: str, frozen_args: tuple[tuple[str, Any], ...]) -> ModelSpec:
+def _adapted_spec(name: str, frozen_args: tuple[tuple[str, Any], ...], granularity: str) -> ModelSpec:
     args = {k: list(v) if isinstance(v, tuple) else v for k, v in frozen_args}
-    model = _staged_on_meta(name, args)
+    model = _staged_on_meta(name, args, granularity)
     family, net = model.family, model.net
     library = LIBRARIES[family.library]
     mean, std = library.normalization(net)
     size = model.input_size or library.default_size(net)
     given = "".join(f" {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in args.items())
+    view = f"; unit view: each block's {' and '.join(family.units)} units" if granularity == "unit" else ""
     return ModelSpec(
-        name=name, build=lambda num_classes, width_mult: build_adapted(name, num_classes, args),
-        description=f"{family.library} {name.partition(':')[2]}{given} ({family.description})",
+        name=name, build=lambda num_classes, width_mult: build_adapted(name, num_classes, args, granularity),
+        description=f"{family.library} {name.partition(':')[2]}{given} ({family.description}{view})",
         recipe="cifar" if size <= SMALL_INPUT else "imagenet", classifier_key=library.classifier_key(net),
         normalization=(tuple(mean), tuple(std)), declared_layout=model.layout)
 
 
-def adapted_spec(name: str, model_args: Mapping[str, Any] | None = None) -> ModelSpec:
-    """The spec of a library network with these builder arguments (built once on the meta device)."""
+def adapted_spec(name: str, model_args: Mapping[str, Any] | None = None, granularity: str = "block") -> ModelSpec:
+    """The spec of a library network with these builder arguments, at `granularity` (built once on the meta
+    device)."""
     args = check_model_args(model_args)
-    return _adapted_spec(name, _frozen(args))
+    return _adapted_spec(name, _frozen(args), granularity)
+
+
+def _step_kind(step: nn.Module) -> str:
+    """A step's module class; a unit's as its block's class and its name ("Block.attn")."""
+    if isinstance(step, Transitioned):
+        return f"{type(step.transition).__name__}+{_step_kind(step.block)}"
+    return f"{type(step.block).__name__}.{step.name}" if isinstance(step, Unit) else type(step).__name__
 
 
 def describe_blocks(model: StagedModel) -> list[str]:
-    """One line per stage: its blocks, each with its module class, `*` marking the skippable ones."""
+    """One line per stage: its blocks (or units), each with its module class, `*` marking the skippable ones."""
     lines = []
     for s, blocks in enumerate(model.layout.stages, start=1):
-        items = []
-        for b in blocks:
-            block = model.block(b)
-            kind = (f"{type(block.transition).__name__}+{type(block.block).__name__}"
-                    if isinstance(block, Transitioned) else type(block).__name__)
-            items.append(f"{b}{'*' if b in model.layout.skippable else ''} {kind}")
+        items = [f"{b}{'*' if b in model.layout.skippable else ''} {_step_kind(model.block(b))}" for b in blocks]
         lines.append(f"stage {s}: " + ", ".join(items))
     return lines

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from loafing.errors import LoafingError
-from loafing.plans import Layout
+from loafing.options import check_choice
+from loafing.plans import GRANULARITIES, Layout
 from loafing.recipes import RECIPES
 
 if TYPE_CHECKING:  # the registry itself needs no torch: listing models builds nothing
@@ -128,24 +129,29 @@ def check_model_args(args: Mapping[str, Any] | None, model: str | None = None) -
     return args
 
 
-def get_spec(name: str, model_args: dict[str, Any] | None = None) -> ModelSpec:
-    """The spec of a registered model, or of a library network built with `model_args`; unknown names are rejected
-    with the valid ones."""
+def get_spec(name: str, model_args: dict[str, Any] | None = None, granularity: str = "block") -> ModelSpec:
+    """The spec of a registered model, or of a library network built with `model_args`, seen at `granularity`;
+    unknown names are rejected with the valid ones."""
+    check_choice("granularity", granularity, list(GRANULARITIES))
     if is_library_model(name):
         from loafing.models.adapter import adapted_spec  # here: listing the registered models imports no torch
 
-        return adapted_spec(name, model_args)
+        return adapted_spec(name, model_args, granularity)
     if name not in MODELS:
         raise LoafingError(f"unknown model {name!r}; valid choices: {', '.join(model_choices())}")
     check_model_args(model_args, name)
+    if granularity != "block":
+        from loafing.models.units import no_units
+
+        raise no_units(f"model {name!r}")
     return MODELS[name]
 
 
 def create_model(name: str, num_classes: int, width_mult: float = 1.0,
-                 model_args: dict[str, Any] | None = None) -> StagedModel:
-    """Build a registered model, or a library network with `model_args`, with its spec's default input
-    normalization."""
-    spec = get_spec(name, model_args)
+                 model_args: dict[str, Any] | None = None, granularity: str = "block") -> StagedModel:
+    """Build a registered model, or a library network with `model_args` seen at `granularity`, with its spec's
+    default input normalization."""
+    spec = get_spec(name, model_args, granularity)
     if width_mult != 1.0 and not spec.width_mult:
         supported = sorted(n for n, s in MODELS.items() if s.width_mult)
         raise LoafingError(f"--width-mult is only supported by: {', '.join(supported)}")

@@ -21,6 +21,8 @@ class StagedModel(nn.Module):
     `forward_stem`, `head`, `stem_modules` and `head_modules`.
     """
 
+    granularity = "block"  # what a step of a plan is: a residual block, or ("unit") a transformer block's unit
+
     def __init__(self, net: nn.Module, blocks: Sequence[nn.Module], stage_sizes: Sequence[int],
                  skippable: Sequence[bool], stem: nn.Module | None = None, head: nn.Module | None = None,
                  prefix_only: bool = False) -> None:
