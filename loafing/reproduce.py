@@ -25,6 +25,7 @@ from loafing.errors import LoafingError
 from loafing.evaluate import resolve_device
 from loafing.io import write_json
 from loafing.methods import METHODS, get_method
+from loafing.models import get_spec
 from loafing.measure import summarize_measure
 from loafing.schema import read_table
 from loafing.studies import InsideSpec, Preset, RunSpec  # noqa: F401  (a study's definition, re-exported)
@@ -189,6 +190,8 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
              for s in preset.runs]
     for spec in specs:  # bad settings fail here, before any run starts
         check_config(run_config(spec, runs_dir, device))
+        if preset.evaluation.granularity is not None:  # a view its evaluations need that the network has not
+            get_spec(spec.config.model, spec.config.model_args, preset.evaluation.granularity)
     data_settings = ("dataset", "data_dir", "download", "model", "image_size")
     for settings in {tuple(getattr(s.config, name) for name in data_settings) for s in specs}:
         # Missing or broken data fails here, before hours of training, not after.

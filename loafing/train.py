@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from loafing.bn import recalibrate_bn, synchronized_bn
+from loafing.bn import has_batchnorm, recalibrate_bn, synchronized_bn
 from loafing.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from loafing.config import AMP_DTYPES, TrainConfig, config_from_dict
 from loafing.data import images_only, make_loader, seeded_subset
@@ -104,9 +104,12 @@ def evaluate(run: Run) -> dict[str, float]:
                                    progress=False, reference=plan)
         return {"top1": float(df["top1"].iloc[0]), "loss": float(df["loss"].iloc[0])}
 
-    # Running statistics first, so rank 0 computes them: DDP hands every rank rank 0's buffers at the start of a
-    # step, so after the last step each rank holds its own, and the checkpoint keeps rank 0's.
-    running, recalibrated_metrics = shared_tasks(run.world, [with_running_bn, recalibrated])
+    if not has_batchnorm(run.model):  # nothing to recalibrate (LayerNorm networks): one pass gives both columns
+        running = recalibrated_metrics = with_running_bn()
+    else:
+        # Running statistics first, so rank 0 computes them: DDP hands every rank rank 0's buffers at the start of a
+        # step, so after the last step each rank holds its own, and the checkpoint keeps rank 0's.
+        running, recalibrated_metrics = shared_tasks(run.world, [with_running_bn, recalibrated])
     return {"test_top1_recalibrated": recalibrated_metrics["top1"],
             "test_loss_recalibrated": recalibrated_metrics["loss"],
             "test_top1_running_bn": running["top1"], "test_loss_running_bn": running["loss"]}

@@ -90,6 +90,7 @@ def check_config(config: TrainConfig, world: World = World(), device: torch.devi
         if device is not None and device.type != "cuda":
             raise LoafingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm only runs on CUDA tensors (on the CPU, "
                                "each process normalizes its own share of the batch)")
+    get_spec(config.model, config.model_args, config.granularity)  # a view the network has not: before training
     if config.weights is not None:
         check_weights(config.model, config.model_args, config.weights)
     check_method(config, device, world)

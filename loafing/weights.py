@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
-from loafing.checkpoint import LoadedModel, load_model, load_weights
+from loafing.checkpoint import FORMAT, LoadedModel, foreign_state_dict, load_model, load_weights, read_checkpoint
 from loafing.errors import LoafingError
 from loafing.models import StagedModel, create_model, get_spec, is_library_model
 from loafing.models.families import LIBRARIES, PRETRAINED, Library, WeightsFacts
 from loafing.models.registry import check_model_args
+from loafing.recipes import recipe_for
 from loafing.schema import FOREIGN_METHOD
 
 # Data sets every model sees at one size (load_digits_splits refuses --image-size): no framing from the weights.
@@ -57,12 +58,12 @@ def weights_state(model: str, model_args: dict[str, Any] | None, weights: str,
     weights are downloaded and cached by the library on first use, a file is read safely (`read_checkpoint`)."""
     check_weights(model, model_args, weights)
     facts = named_weights(model, weights)
-    if facts is None:
-        loaded = load_model(weights, model, unsafe_load=unsafe_load, model_args=model_args)
-        if loaded.source == "loafing":
+    if facts is None:  # a file: its state dict as it is (a classifier of other classes, or none, is the caller's)
+        obj = read_checkpoint(weights, unsafe_load)
+        if obj.get("format") == FORMAT:
             raise LoafingError(f"--weights {weights!r} is a loafing checkpoint, not a state dict: evaluate it with "
                                "--ckpt")
-        return loaded.model.net.state_dict()
+        return foreign_state_dict(obj, weights)[1]
     library, arch = _library(model)
     try:
         net = library.pretrained(arch, weights, check_model_args(model_args))
@@ -90,7 +91,8 @@ def start_from_weights(model: StagedModel, name: str, model_args: dict[str, Any]
     own = model.net.state_dict()
     classifiers = LIBRARIES[name.partition(":")[0]].classifiers(model.net)
     heads = [k for k in own if k.rpartition(".")[0] in classifiers]
-    if any(k in state and state[k].shape != own[k].shape for k in heads):
+    # Weights trained without a classifier (timm's DINO, MAE: num_classes 0) or for other classes start the model's own.
+    if any(k not in state or state[k].shape != own[k].shape for k in heads):
         state = {**state, **{k: own[k] for k in heads}}
     load_weights(model.net, state, f"--weights {weights!r}")
 
@@ -123,8 +125,10 @@ def weights_framing(name: str, model_args: dict[str, Any] | None, weights: str |
                     image_size: int | None, eval_resize: int | None) -> tuple[int | None, int | None]:
     """The image size and evaluation resize of a run or an evaluation from `weights`: the given ones, else, for named
     weights of a network taking ImageNet-size inputs, theirs (the resize scaled to a given size); unchanged for a
-    file's weights, a network built for small inputs, and data sets of one size (digits)."""
-    if not weights or dataset in FIXED_SIZE_DATASETS or get_spec(name, model_args).recipe != "imagenet":
+    file's weights, a network built for small inputs, small images (the cifar recipe's: `recipe_for`) and data sets
+    of one size (digits)."""
+    if (not weights or dataset in FIXED_SIZE_DATASETS
+            or recipe_for(get_spec(name, model_args).recipe, image_size) != "imagenet"):
         return image_size, eval_resize
     facts = named_weights(name, weights)
     if facts is None:

@@ -391,3 +391,23 @@ def test_fused_batchnorm_act_layers_are_recalibrated_to_the_sets_statistics(fami
         inputs = seen[bn].transpose(0, 1).flatten(1)
         torch.testing.assert_close(bn.running_mean, inputs.mean(1), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(bn.running_var, inputs.var(1), rtol=1e-4, atol=1e-5)
+
+
+def test_a_layernorm_networks_epoch_evaluation_is_one_pass_with_nothing_recalibrated(tmp_path, monkeypatch):
+    import loafing.train as train_module
+
+    config = make_train_config({"model": "timm:vit_tiny_patch16_224", "model_args": {
+        "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}, "dataset": "digits",
+        "train_size": 64, "out": str(tmp_path)})
+    run = train_module.build_run(config)
+    expected = train_module.evaluate(run)
+
+    def no_recalibration(*args, **kwargs):
+        raise AssertionError("a network without BatchNorm was recalibrated")
+    monkeypatch.setattr(train_module, "evaluate_plans", no_recalibration)
+    passes = []
+    real_predict = train_module.predict
+    monkeypatch.setattr(train_module, "predict", lambda *a, **k: passes.append(1) or real_predict(*a, **k))
+    metrics = train_module.evaluate(run)
+    assert passes == [1] and metrics == expected
+    assert metrics["test_top1_recalibrated"] == metrics["test_top1_running_bn"]

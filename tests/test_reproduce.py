@@ -98,6 +98,14 @@ def test_reproduce_reuses_completed_work_and_finishes_interrupted_work(reproduce
         before[runs.joinpath("ct", "checkpoint.pt").relative_to(runs)]
 
 
+def test_an_evaluation_view_a_runs_network_has_not_is_refused_before_anything_trains(tmp_path):
+    study = Preset("bad-view", "test", (RunSpec("ct", make_train_config({**BASE, "method": "ct"})),),
+                   evaluation=EvalConfig(granularity="unit"))
+    with pytest.raises(LoafingError, match="unit") as caught:
+        reproduce(study, tmp_path, device="cpu", jobs=1, progress=False)
+    assert "\n" not in str(caught.value) and not (tmp_path / "runs").exists()
+
+
 def test_every_preset_is_valid_for_its_model():
     for name in study_names():
         preset = builtin_study(name)

@@ -87,7 +87,9 @@ def test_timm_pretrained_weights_are_its_own_with_their_normalization_and_framin
                                    rtol=1e-5, atol=1e-5)
     resize, crop = timm.data.create_transform(**expected).transforms[:2]  # timm's evaluation framing
     assert weights_framing("timm:resnet10t", {}, "pretrained", "cifar10", None, None) == (crop.size[0], resize.size)
-    assert weights_framing("timm:resnet10t", {}, "c3_in1k", "cifar10", 64, None) == (64, round(64 * resize.size / 176))
+    assert weights_framing("timm:resnet10t", {}, "c3_in1k", "cifar10", 128, None) == \
+        (128, round(128 * resize.size / 176))
+    assert weights_framing("timm:resnet10t", {}, "pretrained", "cifar10", 32, None) == (32, None)  # the cifar recipe
     assert weights_framing("timm:resnet10t", {}, "pretrained", "digits", None, None) == (None, None)
 
 
@@ -150,6 +152,18 @@ def test_training_starts_from_the_weights_with_a_fresh_classifier_for_other_clas
     model = create_model(name, 1000)  # the weights' own classes: their classifier too
     start_from_weights(model, name, {}, "pretrained")
     assert torch.equal(model.net.fc.weight, pretrained.fc.weight)
+
+
+def test_weights_without_a_classifier_start_the_models_own(tmp_path):
+    torch.manual_seed(5)
+    headless = timm.create_model("resnet10t", num_classes=0)  # as DINO's or MAE's weights come
+    torch.save(headless.state_dict(), tmp_path / "headless.pt")
+    model = create_model("timm:resnet10t", 10)
+    head = model.net.fc.weight.clone()
+    start_from_weights(model, "timm:resnet10t", {}, str(tmp_path / "headless.pt"))
+    assert torch.equal(model.net.fc.weight, head)
+    ours = model.net.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in headless.state_dict().items())
 
 
 def test_train_from_pretrained_weights_records_them_and_keeps_their_normalization(timm_file, tmp_path, run_cli):

@@ -47,6 +47,6 @@ def train(overwrite: bool, quiet: bool, resume_dir: str | None, **options) -> No
     if log.empty:  # a torchrun process other than rank 0: rank 0 reports
         return
     last = log.iloc[-1]
+    how = " (BN recalibrated)" if last["test_top1_recalibrated"] != last["test_top1_running_bn"] else ""
     click.echo(f"{config.method} {config.model}: epoch {int(last['epoch'])}, test top-1 "
-               f"{last['test_top1_recalibrated']:.2f}% (BN recalibrated), {log['seconds'].sum():.0f} s training "
-               f"-> {config.out}")
+               f"{last['test_top1_recalibrated']:.2f}%{how}, {log['seconds'].sum():.0f} s training -> {config.out}")
