@@ -34,8 +34,9 @@ from loafing.study_results import (collect_results, evaluate_run, evaluation_set
 from loafing.train import CHECKPOINT_NAME, check_config, load_config, train, training_data
 
 
-# Where a run executes and where its data lives do not change what it is.
-NOT_IDENTIFYING = ("run", "num_classes", "device", "workers", "data_dir", "download")
+# Where a run executes, where its folder and its data live do not change what it is (a study's folder may move, e.g.
+# committed and checked out on another machine, and resume there).
+NOT_IDENTIFYING = ("run", "out", "num_classes", "device", "workers", "data_dir", "download")
 
 
 def has_config(run_dir: str | Path, config: TrainConfig) -> bool:

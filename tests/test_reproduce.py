@@ -98,6 +98,17 @@ def test_reproduce_reuses_completed_work_and_finishes_interrupted_work(reproduce
         before[runs.joinpath("ct", "checkpoint.pt").relative_to(runs)]
 
 
+def test_a_moved_study_folder_is_the_same_study(reproduced, tmp_path):
+    import shutil
+
+    out, _, _ = reproduced
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out, moved)  # as a folder committed on one machine and checked out on another
+    summary, _ = reproduce(tiny_preset(), moved, device="cpu", jobs=1, progress=False)
+    assert not summary["trained"].any()
+    assert mtimes(moved / "runs")[Path("ct", "checkpoint.pt")] == mtimes(out / "runs")[Path("ct", "checkpoint.pt")]
+
+
 def test_an_evaluation_view_a_runs_network_has_not_is_refused_before_anything_trains(tmp_path):
     study = Preset("bad-view", "test", (RunSpec("ct", make_train_config({**BASE, "method": "ct"})),),
                    evaluation=EvalConfig(granularity="unit"))
