@@ -58,11 +58,12 @@ def mean_block_cosines(model: StagedModel, loader: DataLoader,
 
 
 def block_influence(loaded: LoadedModel, data: DataSplits, evaluation: EvalConfig, *, progress: bool = True,
-                    world: World = World()) -> pd.DataFrame:
+                    world: World = World(), delete_one: pd.DataFrame | None = None) -> pd.DataFrame:
     """The influence table: per block of the main network its stage, whether it can be deleted, the mean cosine of
     its input and output on the test split, influence = 1 - cosine, and the delete-one top-1 drop (empty for a
     block that cannot be deleted). Under torchrun every process measures the cosines (one pass of the main network)
-    and the deletions are shared out as `destruct` shares them."""
+    and the deletions are shared out as `destruct` shares them. `delete_one`, this network's delete-one destruct
+    table made with the same evaluation settings, saves running those deletions again."""
     if trained_plan(loaded) is not None:
         raise LoafingError("influence needs a run of the whole network, not a sub-network trained alone")
     model = loaded.model
@@ -77,7 +78,8 @@ def block_influence(loaded: LoadedModel, data: DataSplits, evaluation: EvalConfi
     deletable = set() if layout.prefix_only else set(deletable_layers(layout))
     drops: dict[int, float] = {}
     if deletable:
-        deleted = destruct(loaded, data, "delete-one", evaluation, progress=progress, world=world)
+        deleted = delete_one if delete_one is not None else destruct(loaded, data, "delete-one", evaluation,
+                                                                     progress=progress, world=world)
         deleted = deleted[deleted["n"] == 1]
         drops = dict(zip(deleted["layers"].astype(int), deleted["drop"]))
     stage_of = {b: s for s, stage in enumerate(layout.stages, start=1) for b in stage}

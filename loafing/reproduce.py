@@ -31,7 +31,8 @@ from loafing.schema import read_table
 from loafing.studies import InsideSpec, Preset, RunSpec  # noqa: F401  (a study's definition, re-exported)
 from loafing.study_results import (collect_results, evaluate_run, evaluation_settings, inside_grid, result_file,
                                    results_are_fresh)
-from loafing.train import CHECKPOINT_NAME, check_config, load_config, train, training_data
+from loafing.run_state import CHECKPOINT_NAME, load_config
+from loafing.train import check_config, train, training_data
 
 
 # Where a run executes, where its folder and its data live do not change what it is (a study's folder may move, e.g.

@@ -50,6 +50,7 @@ ARCHITECTURE_COLUMN = {"architecture": TEXT}
 # The view whose steps a row's plan (or block) numbers: "block", or "unit" (a transformer block's attention and MLP
 # units, `--granularity unit`); tables written before the unit view were all "block".
 GRANULARITY_COLUMN = {"granularity": TEXT}
+OLD_GRANULARITY = "block"  # the view of every table and KL record written before the unit view existed
 METRIC_COLUMNS = {"top1": FLOAT, "top5": FLOAT, "loss": FLOAT, "n_examples": INT, "kl": FLOAT}
 CALIBRATION_COLUMNS = {"recalibrated": BOOL, "calib_size": INT, "calib_seed": INT}
 
@@ -212,7 +213,7 @@ def migrated(df: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
     if table is not None and "architecture" in TABLES[table].columns and "architecture" not in df.columns:
         df["architecture"] = ""  # written before plans had a name
     if table is not None and "granularity" in TABLES[table].columns and "granularity" not in df.columns:
-        df["granularity"] = "block"  # written before the unit view
+        df["granularity"] = OLD_GRANULARITY
     return df
 
 

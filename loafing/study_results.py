@@ -19,7 +19,7 @@ from loafing.io import write_json
 from loafing.measure import evaluation_data, measure_plans, plans_to_measure
 from loafing.schema import TABLES, read_table, write_table
 from loafing.studies import Preset, RunSpec
-from loafing.train import CHECKPOINT_NAME, KL_NAME, LOG_NAME
+from loafing.run_state import CHECKPOINT_NAME, KL_NAME, LOG_NAME
 
 
 def evaluation_config(preset: Preset, device: str) -> EvalConfig:
@@ -92,7 +92,10 @@ def evaluate_run(spec: RunSpec, out: Path, preset: Preset, device: str) -> dict[
                 write_table(measure_plans(loaded, plans, data, evaluation, space=space, progress=False), csv,
                             "measure")
             elif job == "influence":
-                write_table(block_influence(loaded, data, evaluation, progress=False), csv, "influence")
+                # the delete-one job, when the study asks for it, ran before this one on the same checkpoint
+                deleted = read_table(out / result_file("delete-one"), "destruct") if "delete-one" in jobs else None
+                write_table(block_influence(loaded, data, evaluation, progress=False, delete_one=deleted), csv,
+                            "influence")
             else:
                 write_table(destruct(loaded, data, job, evaluation, max_combos=preset.max_combos, progress=False),
                             csv, "destruct")

@@ -281,7 +281,7 @@ def test_every_baseline_trains_every_registered_model_one_step(method):
 
 def test_auxiliary_heads_stay_out_of_the_measured_network_and_resume_bit_identically(tmp_path,
                                                                                      interrupted_training):
-    import loafing.train as train_module
+    from loafing.run_state import load_config
 
     def cfg(out, epochs=2):
         return make_train_config({"model": "resnet20-cifar", "method": "self-distillation", "epochs": epochs,
@@ -296,7 +296,7 @@ def test_auxiliary_heads_stay_out_of_the_measured_network_and_resume_bit_identic
     assert {k.split(".")[0] for k in state["method_state"]} == {"3", "6"}
 
     interrupted_training(cfg(tmp_path / "cut"), epoch=2)
-    train(train_module.load_config(tmp_path / "cut"), progress=False, resume=True)
+    train(load_config(tmp_path / "cut"), progress=False, resume=True)
     cut = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     for part in ("model", "method_state"):
         assert all(torch.equal(state[part][k], cut[part][k]) for k in state[part]), part

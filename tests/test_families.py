@@ -322,6 +322,9 @@ def test_models_command_lists_families_and_shows_a_network(run_cli):
     code, out, _ = run_cli("models", "timm:convnext_atto", "--model-arg", "dims=8,16,24,32")
     assert code == 0
     assert "stages 2-2-6-2" in out and "stage 2: 3 Sequential+ConvNeXtBlock, 4* ConvNeXtBlock" in out
+    for options in (["--granularity", "unit"], ["--model-arg", "depth=2"]):  # they would be ignored by the listing
+        code, out, err = run_cli("models", *options)
+        assert code != 0 and "describe one network: name it" in err and "Traceback" not in err + out
 
 
 def test_a_network_built_for_another_size_says_which(tmp_path):

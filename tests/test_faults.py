@@ -260,7 +260,9 @@ def test_a_crash_while_saving_leaves_no_log_row_without_its_checkpoint(tmp_path,
     import loafing.train as train_module
     from loafing.config import TrainConfig
 
-    real = train_module.save_checkpoint
+    import loafing.run_state
+
+    real = loafing.run_state.save_checkpoint
     calls = {"n": 0}
 
     def crash_on_second(*args, **kwargs):
@@ -269,7 +271,7 @@ def test_a_crash_while_saving_leaves_no_log_row_without_its_checkpoint(tmp_path,
             raise OSError(28, "No space left on device")
         real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", crash_on_second)
+    monkeypatch.setattr(loafing.run_state, "save_checkpoint", crash_on_second)
     with pytest.raises(OSError):
         train_module.train(TrainConfig(model="resnet20-cifar", epochs=2, lr=0.1, monitor_calib_size=64, device="cpu",
                                        out=str(tmp_path / "run")), progress=False)

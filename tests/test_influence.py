@@ -111,6 +111,25 @@ def test_a_block_with_a_zeroed_branch_has_no_influence_and_no_drop(checkpoint, s
     assert (others > 1e-3).all()  # the other blocks do change their input
 
 
+def test_a_given_delete_one_table_is_used_instead_of_running_the_deletions(checkpoint, small_digits, recalibrated,
+                                                                          monkeypatch):
+    import loafing.influence
+    from loafing.destruct import destruct
+
+    table = destruct(load_model(checkpoint), small_digits, "delete-one", EVAL, progress=False)
+    table["drop"] = table["drop"] + 100.0  # marks where the drops come from
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("block_influence ran the deletions although it was given them")
+
+    monkeypatch.setattr(loafing.influence, "destruct", refuse)
+    df = block_influence(load_model(checkpoint), small_digits, EVAL, progress=False, delete_one=table)
+    deletable = df["deletable"]
+    assert df.loc[deletable, "top1_drop"].to_numpy() == pytest.approx(
+        recalibrated.loc[deletable, "top1_drop"].to_numpy() + 100.0, abs=1e-9)
+    assert df["influence"].to_numpy() == pytest.approx(recalibrated["influence"].to_numpy(), nan_ok=True)
+
+
 def test_a_layernorm_vit_measures_its_tokens(small_digits):
     pytest.importorskip("timm")
     from loafing.models import create_model

@@ -120,7 +120,7 @@ def test_subnetwork_trained_alone_is_measured_on_its_plan(tmp_path, digits):
 
 
 def test_resume_is_bit_identical(tmp_path, interrupted_training):
-    import loafing.train as train_module
+    from loafing.run_state import load_config
 
     def config(out):
         return make_train_config(dict(model="resnet20-cifar", method="st", epochs=3, lr=0.1, device="cpu",
@@ -129,7 +129,7 @@ def test_resume_is_bit_identical(tmp_path, interrupted_training):
     train(config(tmp_path / "full"), progress=False)
     interrupted_training(config(tmp_path / "cut"), epoch=3)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    train(train_module.load_config(tmp_path / "cut"), progress=False, resume=True)
+    train(load_config(tmp_path / "cut"), progress=False, resume=True)
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert cut["epoch"] == 3

@@ -5,6 +5,7 @@ import click
 
 from loafing.cli.options import MODEL_ARG, spec_option
 from loafing.config import TrainConfig
+from loafing.errors import LoafingError
 from loafing.options import option_specs
 
 
@@ -23,6 +24,9 @@ def models(name: str | None, model_args: dict, granularity: str) -> None:
     if name is not None:
         _describe(name, get_spec(name, model_args, granularity))
         return
+    if model_args or granularity != "block":
+        raise LoafingError("--model-arg and --granularity describe one network: name it, e.g. `loafing models "
+                           "timm:vit_tiny_patch16_224 --granularity unit`")
     for name, spec in MODELS.items():
         _summary(spec)
     from loafing.models.families import FAMILIES

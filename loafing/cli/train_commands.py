@@ -29,7 +29,8 @@ def train(overwrite: bool, quiet: bool, resume_dir: str | None, **options) -> No
     """Train a network with a registered method.
 
     Writes checkpoint.pt, train_log.csv and config.json to --out."""
-    from loafing.train import load_config, train as run_training
+    from loafing.run_state import load_config
+    from loafing.train import train as run_training
 
     if resume_dir:
         ignored = given_options(options)
