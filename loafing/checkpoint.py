@@ -79,15 +79,37 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
+def is_safetensors(path: Path) -> bool:
+    """Whether `path` is in the safetensors format (a little-endian header length, then the JSON header)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return (len(head) == 9 and head[8:9] == b"{"
+            and 0 < int.from_bytes(head[:8], "little") <= os.path.getsize(path) - 8)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError  # installed with timm, which reads its hub weights with it
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        said = " ".join(str(err).split())[:200] or type(err).__name__
+        raise LoafingError(f"checkpoint {str(path)!r} is an unreadable safetensors file: {said}") from None
+
+
 def read_checkpoint(path: str | Path, unsafe_load: bool = False, resume: bool = False) -> dict[str, Any]:
     """Load a checkpoint file on the CPU with `weights_only=True` (tensors and plain types only, so nothing in
     the file can run code), with one-line errors for missing, unreadable, unsafe or (in the toolkit's own format)
-    incomplete files; `resume` also requires what resuming a run reads.
+    incomplete files; `resume` also requires what resuming a run reads. A safetensors file (tensors only by
+    design, as the Hugging Face hub keeps timm's weights) is read as its state dict.
 
     `unsafe_load` unpickles anything, for a file the user trusts that holds other Python objects (and says so).
     """
     path = Path(path)
     _check_file(path)
+    if is_safetensors(path):
+        return _load_safetensors(path)
     try:
         obj = _torch_load(path, weights_only=True)
     except pickle.UnpicklingError as err:

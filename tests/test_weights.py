@@ -232,6 +232,32 @@ def test_measure_a_weights_file_of_a_network_built_with_arguments(convnext_file,
     assert code == 2 and "does not fit the model" in err  # without the arguments, not the network of the file
 
 
+def test_a_safetensors_file_is_read_as_timm_reads_it(convnext_file, tmp_path, run_cli):
+    from safetensors.torch import save_file
+
+    _, args, net = convnext_file
+    path = tmp_path / "model.safetensors"  # the format the Hugging Face hub keeps timm's weights in
+    save_file(net.state_dict(), path)
+    by_timm = timm.create_model("convnext_atto", num_classes=10, **args).eval()
+    timm.models.load_checkpoint(by_timm, str(path))  # timm's own reader of the file
+    loaded = load_library_weights("timm:convnext_atto", args, str(path))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = by_timm(_normalized(x, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+        torch.testing.assert_close(loaded.model(x), expected)
+        torch.testing.assert_close(expected, net(_normalized(x, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))))
+    flags = [f for k, v in args.items() for f in ("--model-arg", f"{k}={','.join(map(str, v))}")]
+    code, _, err = run_cli("measure", "--model", "timm:convnext_atto", *flags, "--weights", path, "--space", "uniform",
+                           "--out", tmp_path / "m.csv", "--quiet")
+    assert code == 0, err
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-100])  # an interrupted download
+    code, _, err = run_cli("measure", "--model", "timm:convnext_atto", *flags, "--weights", cut, "--out",
+                           tmp_path / "n.csv")
+    assert code == 2 and "is an unreadable safetensors file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "n.csv").exists()
+
+
 @pytest.mark.parametrize("args, problem", [
     (["--ckpt", "x.pt", "--weights", "pretrained", "--model", "timm:resnet10t"], "not both"),
     (["--model", "timm:resnet10t"], "give --ckpt .* or --weights .*one of them"),
