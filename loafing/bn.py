@@ -31,7 +31,7 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
 @contextlib.contextmanager
 def preserved_bn_state(model: nn.Module) -> Iterator[None]:
     """Restore every BN running statistic, momentum and the train/eval mode on exit."""
-    bns = batchnorms(model)
+    bns = [bn for bn in batchnorms(model) if bn.running_mean is not None]  # a layer without statistics has none to keep
     saved = [(bn.momentum, bn.running_mean.clone(), bn.running_var.clone(),
               bn.num_batches_tracked.clone()) for bn in bns]
     was_training = model.training

@@ -107,6 +107,23 @@ def test_preserved_bn_state_restores_everything(digits):
     assert all(bn.momentum == 0.1 for bn in batchnorms(model))
 
 
+def test_a_batchnorm_without_running_statistics_is_left_to_its_batches(digits):
+    model = create_model("resnet20-cifar", 10).eval()
+    old = model.block(4).bn1
+    stateless = nn.BatchNorm2d(old.num_features, track_running_stats=False)  # normalizes every batch by itself
+    stateless.load_state_dict({"weight": old.weight, "bias": old.bias})
+    model.block(4).bn1 = stateless
+    kept = [bn for bn in batchnorms(model) if bn is not stateless]
+    before = [t.clone() for bn in kept for t in (bn.running_mean, bn.running_var)]
+    with preserved_bn_state(model):
+        recalibrate_bn(model, None, calib_batches(digits, 0))
+        assert stateless.running_mean is None
+        assert any(not torch.equal(a, bn_t) for a, bn_t in zip(before, [t for bn in kept
+                                                                      for t in (bn.running_mean, bn.running_var)]))
+    after = [t for bn in kept for t in (bn.running_mean, bn.running_var)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
 @pytest.mark.parametrize("st_loss", [st_loss_simple, st_loss_shared])
 def test_st_sub_network_forward_leaves_main_running_stats_alone(st_loss):
     model = create_model("resnet20-cifar", 10).train()
