@@ -235,18 +235,19 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
 
 def load_dataset(name: str, data_dir: str | None = None, download: bool = False, recipe: str = "cifar",
                  image_size: int | None = None, train_image_size: int | None = None,
-                 eval_resize: int | None = None) -> DataSplits:
+                 eval_resize: int | None = None, eval_interpolation: str = "bilinear") -> DataSplits:
     """Load a registered data set by name, in a model's input recipe (`image_size` overrides its size; the training
-    crops may be smaller, `train_image_size`, and evaluation may resize to another side first, `eval_resize`)."""
+    crops may be smaller, `train_image_size`, and evaluation may resize to another side first, `eval_resize`, with
+    another interpolation, `eval_interpolation`)."""
     if name not in DATASETS:
         raise LoafingError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
     data = DATASETS[name](data_dir=data_dir, download=download, recipe=recipe, image_size=image_size)
-    if train_image_size is None and eval_resize is None:
+    if train_image_size is None and eval_resize is None and eval_interpolation == "bilinear":
         return data
     if not isinstance(data.train, Images):
         raise LoafingError("--train-image-size and --eval-resize apply to image data sets (cifar10, cifar100, "
                            f"imagefolder), not to {name}")
-    augment, plain = RECIPES[recipe].transforms(image_size, train_image_size, eval_resize)
+    augment, plain = RECIPES[recipe].transforms(image_size, train_image_size, eval_resize, eval_interpolation)
     return dataclasses.replace(data, train=Images(data.train.source, augment),
                                train_plain=Images(data.train_plain.source, plain), test=Images(data.test.source, plain))
 

@@ -31,11 +31,12 @@ def evaluation_data(loaded: LoadedModel, dataset: str | None = None, data_dir: s
     in its model's input recipe at its training image size unless `image_size` says otherwise."""
     config = loaded.config
     dataset = dataset or config.get("dataset") or "digits"
-    image_size, eval_resize = weights_framing(config["model"], config.get("model_args"), config.get("weights"), dataset,
-                                              image_size or config.get("image_size"), config.get("eval_resize"))
+    image_size, eval_resize, interpolation = weights_framing(
+        config["model"], config.get("model_args"), config.get("weights"), dataset, image_size or config.get("image_size"),
+        config.get("eval_resize"))
     data = load_dataset(dataset, data_dir or config.get("data_dir"), download,
                         recipe_for(get_spec(config["model"], config.get("model_args")).recipe, image_size), image_size,
-                        eval_resize=eval_resize)
+                        eval_resize=eval_resize, eval_interpolation=interpolation)
     check_classes(loaded, data)
     return data
 

@@ -24,25 +24,28 @@ class Recipe:
     image_size: int
     description: str
     train: Callable[[int], list]  # image size -> training transforms on uint8 CHW tensors
-    evaluate: Callable[[int, int | None], list]  # image size, side resized to first (None: the recipe's) -> transforms
+    # image size, side resized to first (None: the recipe's), interpolation of that resize -> transforms
+    evaluate: Callable[[int, int | None, str], list]
 
     def transforms(self, image_size: int | None = None, train_image_size: int | None = None,
-                   eval_resize: int | None = None) -> tuple[Transform, Transform]:
+                   eval_resize: int | None = None,
+                   eval_interpolation: str = "bilinear") -> tuple[Transform, Transform]:
         """(training, evaluation) transforms to float [0, 1] at `image_size` (default: the recipe's), the training
-        crops at `train_image_size` if given, evaluation resizing to `eval_resize` before its center crop if given."""
+        crops at `train_image_size` if given, evaluation resizing to `eval_resize` before its center crop if given,
+        with `eval_interpolation`."""
         from torchvision.transforms import v2  # here: reading a recipe's image size needs no torchvision
 
         size = image_size or self.image_size
         to_float = v2.ToDtype(torch.float32, scale=True)
         return (v2.Compose([*self.train(train_image_size or size), to_float]),
-                v2.Compose([*self.evaluate(size, eval_resize), to_float]))
+                v2.Compose([*self.evaluate(size, eval_resize, eval_interpolation), to_float]))
 
     def frame(self, image_size: int | None = None) -> Transform:
         """The evaluation framing at `image_size` on a uint8 image, kept uint8 (for the cifar recipe also the
         deterministic start of its training transforms)."""
         from torchvision.transforms import v2
 
-        return v2.Compose(self.evaluate(image_size or self.image_size, None))
+        return v2.Compose(self.evaluate(image_size or self.image_size, None, "bilinear"))
 
 
 def _cifar_train(size: int) -> list:
@@ -52,10 +55,10 @@ def _cifar_train(size: int) -> list:
             v2.RandomHorizontalFlip()]
 
 
-def _cifar_evaluate(size: int, resize: int | None) -> list:
+def _cifar_evaluate(size: int, resize: int | None, interpolation: str) -> list:
     from torchvision.transforms import v2
 
-    return [v2.Resize(resize or size, antialias=True), v2.CenterCrop(size)]
+    return [v2.Resize(resize or size, v2.InterpolationMode(interpolation), antialias=True), v2.CenterCrop(size)]
 
 
 def _imagenet_train(size: int) -> list:
@@ -64,10 +67,11 @@ def _imagenet_train(size: int) -> list:
     return [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
 
 
-def _imagenet_evaluate(size: int, resize: int | None) -> list:
+def _imagenet_evaluate(size: int, resize: int | None, interpolation: str) -> list:
     from torchvision.transforms import v2
 
-    return [v2.Resize(resize or round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
+    return [v2.Resize(resize or round(size * 256 / 224), v2.InterpolationMode(interpolation), antialias=True),
+            v2.CenterCrop(size)]
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (

@@ -107,11 +107,11 @@ def kl_trajectory_plans(model: StagedModel, config: TrainConfig) -> list[Plan]:
 def training_data(config: TrainConfig) -> DataSplits:
     """The run's data in its model's input recipe; with `train_size`, a seeded subset of the training split
     (its augmented and plain views holding the same images)."""
-    image_size, eval_resize = weights_framing(config.model, config.model_args, config.weights, config.dataset,
-                                              config.image_size, config.eval_resize)
+    image_size, eval_resize, interpolation = weights_framing(config.model, config.model_args, config.weights,
+                                                             config.dataset, config.image_size, config.eval_resize)
     data = load_dataset(config.dataset, config.data_dir, config.download,
                         recipe_for(get_spec(config.model, config.model_args).recipe, image_size), image_size,
-                        config.train_image_size, eval_resize)
+                        config.train_image_size, eval_resize, interpolation)
     if config.train_size is not None and config.train_size < len(data.train):
         chosen = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))
         indices = chosen[:config.train_size].tolist()

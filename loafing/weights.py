@@ -122,17 +122,18 @@ def load_library_weights(name: str, model_args: dict[str, Any] | None, weights: 
 
 
 def weights_framing(name: str, model_args: dict[str, Any] | None, weights: str | None, dataset: str,
-                    image_size: int | None, eval_resize: int | None) -> tuple[int | None, int | None]:
-    """The image size and evaluation resize of a run or an evaluation from `weights`: the given ones, else, for named
-    weights of a network taking ImageNet-size inputs, theirs (the resize scaled to a given size); unchanged for a
-    file's weights, a network built for small inputs, small images (the cifar recipe's: `recipe_for`) and data sets
-    of one size (digits)."""
+                    image_size: int | None, eval_resize: int | None) -> tuple[int | None, int | None, str]:
+    """The image size, evaluation resize and its interpolation of a run or an evaluation from `weights`: the given
+    size and resize, else, for named weights of a network taking ImageNet-size inputs, theirs (the resize scaled to a
+    given size), and their interpolation (bicubic for most of timm's); the given ones and bilinear for a file's
+    weights, a network built for small inputs, small images (the cifar recipe's: `recipe_for`) and data sets of one
+    size (digits)."""
     if (not weights or dataset in FIXED_SIZE_DATASETS
             or recipe_for(get_spec(name, model_args).recipe, image_size) != "imagenet"):
-        return image_size, eval_resize
+        return image_size, eval_resize, "bilinear"
     facts = named_weights(name, weights)
     if facts is None:
-        return image_size, eval_resize
+        return image_size, eval_resize, "bilinear"
     size = image_size or facts.image_size
     resize = facts.resize if size == facts.image_size else round(size * facts.resize / facts.image_size)
-    return size, eval_resize or resize
+    return size, eval_resize or resize, facts.interpolation

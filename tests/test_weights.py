@@ -86,11 +86,13 @@ def test_timm_pretrained_weights_are_its_own_with_their_normalization_and_framin
         torch.testing.assert_close(loaded.model(x), reference(_normalized(x, expected["mean"], expected["std"])),
                                    rtol=1e-5, atol=1e-5)
     resize, crop = timm.data.create_transform(**expected).transforms[:2]  # timm's evaluation framing
-    assert weights_framing("timm:resnet10t", {}, "pretrained", "cifar10", None, None) == (crop.size[0], resize.size)
+    interpolation = resize.interpolation.value  # bicubic
+    assert weights_framing("timm:resnet10t", {}, "pretrained", "cifar10", None, None) == (crop.size[0], resize.size,
+                                                                                          interpolation)
     assert weights_framing("timm:resnet10t", {}, "c3_in1k", "cifar10", 128, None) == \
-        (128, round(128 * resize.size / 176))
-    assert weights_framing("timm:resnet10t", {}, "pretrained", "cifar10", 32, None) == (32, None)  # the cifar recipe
-    assert weights_framing("timm:resnet10t", {}, "pretrained", "digits", None, None) == (None, None)
+        (128, round(128 * resize.size / 176), interpolation)
+    assert weights_framing("timm:resnet10t", {}, "pretrained", "cifar10", 32, None) == (32, None, "bilinear")  # cifar
+    assert weights_framing("timm:resnet10t", {}, "pretrained", "digits", None, None) == (None, None, "bilinear")
 
 
 def test_timm_weights_fit_a_network_built_with_arguments_as_timm_fits_them(timm_file):
@@ -103,7 +105,7 @@ def test_timm_weights_fit_a_network_built_with_arguments_as_timm_fits_them(timm_
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), reference(_normalized(x, (0.5,) * 3, (0.5,) * 3)))
     # built for small inputs: the recipe frames them, not the weights' 160 crop
-    assert weights_framing("timm:test_vit", args, "pretrained", "cifar10", None, None) == (None, None)
+    assert weights_framing("timm:test_vit", args, "pretrained", "cifar10", None, None) == (None, None, "bilinear")
 
 
 @pytest.fixture
@@ -133,7 +135,36 @@ def test_torchvision_weights_by_name(weights, torchvision_weights):
         torch.testing.assert_close(loaded.model(x), reference(_normalized(x, framing.mean, framing.std)),
                                    rtol=1e-5, atol=1e-5)
     assert weights_framing("torchvision:resnet18", {}, weights, "imagefolder", None, None) == (
-        framing.crop_size[0], framing.resize_size[0])
+        framing.crop_size[0], framing.resize_size[0], "bilinear")
+
+
+def test_named_weights_are_evaluated_through_their_own_framing_and_interpolation(tmp_path):
+    from PIL import Image
+
+    from loafing.config import TrainConfig
+    from loafing.training_run import training_data
+
+    torch.manual_seed(4)
+    # A photo-like image (coarse random pixels, smoothly enlarged): on pure noise, torchvision's two uint8 bicubic
+    # resizes (its weights' transforms and transforms.v2) differ by up to 20 levels where they clip overshoots.
+    coarse = torch.randint(0, 256, (1, 3, 30, 26)).float()
+    pixels = torch.nn.functional.interpolate(coarse, size=(300, 260), mode="bilinear").round().to(torch.uint8)[0]
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp_path / split / "a" / "0.png")
+    enum = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1  # framed with a bicubic resize
+    framing = enum.transforms()
+    raw = torchvision.io.decode_image(str(tmp_path / "test" / "a" / "0.png"))
+    mean, std = torch.tensor(framing.mean).view(3, 1, 1), torch.tensor(framing.std).view(3, 1, 1)
+    expected = framing(raw) * std + mean  # torchvision's own evaluation input, before its normalization
+    data = training_data(TrainConfig(model="torchvision:efficientnet_b0", weights="IMAGENET1K_V1",
+                                     dataset="imagefolder", data_dir=str(tmp_path)))
+    got = data.test[0][0]
+    assert got.shape == expected.shape == (3, 224, 224)
+    torch.testing.assert_close(got, expected, atol=1.01 / 255, rtol=0)  # one uint8 step: both round once
+    bilinear = torchvision.transforms.v2.functional.resize(raw, framing.resize_size, antialias=True)
+    bilinear = torchvision.transforms.v2.functional.center_crop(bilinear, framing.crop_size).float() / 255
+    assert (bilinear - expected).abs().max() > 3 / 255  # the check can tell the two interpolations apart
 
 
 @pytest.mark.parametrize("name", ["timm:resnet10t", "torchvision:resnet18"])

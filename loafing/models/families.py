@@ -29,6 +29,7 @@ class WeightsFacts:
     normalization: Normalization
     image_size: int  # the side of the (center-cropped) images
     resize: int  # the side evaluation resizes to before cropping image_size
+    interpolation: str  # of that resize: "bilinear", "bicubic" (most of timm's weights)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _timm_weights_facts(name: str, weights: str) -> WeightsFacts | None:
         return None
     size = int(cfg.input_size[-1])
     return WeightsFacts(f"{name}.{cfg.tag}", int(cfg.num_classes), (tuple(cfg.mean), tuple(cfg.std)), size,
-                        math.floor(size / cfg.crop_pct))  # timm's own evaluation resize
+                        math.floor(size / cfg.crop_pct), cfg.interpolation)  # timm's own evaluation resize
 
 
 def _timm_pretrained(name: str, weights: str, args: dict[str, Any]) -> nn.Module:
@@ -140,7 +141,7 @@ def _torchvision_weights_facts(name: str, weights: str) -> WeightsFacts | None:
     framing = member.transforms()
     return WeightsFacts(f"{type(member).__name__}.{member.name}", len(member.meta["categories"]),
                         (tuple(framing.mean), tuple(framing.std)), int(framing.crop_size[0]),
-                        int(framing.resize_size[0]))
+                        int(framing.resize_size[0]), framing.interpolation.value)
 
 
 def _torchvision_pretrained(name: str, weights: str, args: dict[str, Any]) -> nn.Module:
