@@ -24,6 +24,9 @@ TEXT, FLOAT, INT, OPTIONAL_INT, BOOL = "str", "float64", "int64", "Int64", "bool
 BASE_RUN_COLUMNS: dict[str, str] = {
     "run": TEXT, "model": TEXT, "width_mult": FLOAT, "method": TEXT, "method_label": TEXT, "method_colour": TEXT,
     "method_role": TEXT, "method_order": OPTIONAL_INT, "seed": OPTIONAL_INT, "dataset": TEXT, "trained_plan": TEXT,
+    # The run's settings of its method's variant options that differ from their defaults ("subnets=4,
+    # kl_logits=normalized"; empty at the defaults): runs of one method in other variants are other schemes.
+    "variant": TEXT,
 }
 STYLE_COLUMNS = ("method_label", "method_colour", "method_role", "method_order")
 # The `method` of a foreign checkpoint's rows (akamaster, torchvision): trained elsewhere, not by a registered method.
@@ -43,6 +46,7 @@ class MethodColumn:
 
 _method_styles: dict[str, tuple[str, str, str]] = {}  # registered method -> (label, colour, role), in registry order
 _method_run_columns: dict[str, MethodColumn] = {}
+_method_variants: dict[str, dict[str, Any]] = {}  # registered method -> its variant options and their defaults
 
 PLAN_COLUMNS = {"plan": TEXT, "depths": TEXT, "n_blocks": INT, "is_main": BOOL}
 # What the model's spec calls the network a plan runs ("ResNet20"; empty where it has no name), for the figures.
@@ -133,6 +137,27 @@ def remove_run_column(name: str, method: str | None = None) -> None:
         _method_run_columns[name] = MethodColumn(known.kind, owners, known.default)
 
 
+def add_method_variants(method: str, defaults: Mapping[str, Any]) -> None:
+    """Declare a registered method's variant options (name -> default): the settings whose other values make another
+    scheme in the figures (the registry calls this, as add_method_style)."""
+    _method_variants[method] = dict(defaults)
+
+
+def remove_method_variants(method: str) -> None:
+    """Forget a method's variant options."""
+    _method_variants.pop(method, None)
+
+
+def variant_text(method: str | None, settings: Mapping[str, Any]) -> str:
+    """The `variant` cell of a run of `method` with these settings: each variant option not at its default, as
+    name=value in the method's order; empty at the defaults and for a method without variant options."""
+    def shown(value: Any) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return ", ".join(f"{name}={shown(settings[name])}" for name, default in _method_variants.get(method, {}).items()
+                     if name in settings and settings[name] != default)
+
+
 def method_style(method: str) -> dict[str, Any]:
     """The method_* columns' values for rows of `method`: its registered style and position, the foreign style,
     or empty for a method that is not registered here."""
@@ -150,8 +175,9 @@ def run_identifiers(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
            "method": method, **method_style(method), "seed": config.get("seed"), "dataset": dataset,
            "trained_plan": config.get("plan") or ""}
     options = config.get("method_options") or {}
+    # A checkpoint written before methods kept their options apart has them at the top level.
+    ids["variant"] = variant_text(method, {**{k: v for k, v in config.items() if k != "method_options"}, **options})
     for name, column in _method_run_columns.items():
-        # A checkpoint written before methods kept their options apart has them at the top level.
         ids[name] = options.get(name, config.get(name, column.default)) if method in column.methods else None
     return ids
 
@@ -193,7 +219,8 @@ def migrated(df: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
     """`df` with the run columns of a table written by an older version: a table without the method_* columns gets
     its methods' styles of then (`loafing.legacy`) and the columns only ST read emptied in other rows (CT rows once
     carried lam=1.0); a registered method's column a table lacks gets the default in that method's rows; the plans
-    of a `table` that names them but lacks `architecture` get an empty one, and lacking `granularity`, "block"."""
+    of a `table` that names them but lacks `architecture` get an empty one, and lacking `granularity`, "block"; a
+    table without `variant`, an empty one."""
     if "method" not in df.columns:
         return df
     df = df.copy()
@@ -214,6 +241,8 @@ def migrated(df: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
         df["architecture"] = ""  # written before plans had a name
     if table is not None and "granularity" in TABLES[table].columns and "granularity" not in df.columns:
         df["granularity"] = OLD_GRANULARITY
+    if "variant" not in df.columns:
+        df["variant"] = ""  # written before variants were told apart (committed tables: rewritten with theirs)
     return df
 
 

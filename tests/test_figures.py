@@ -27,6 +27,8 @@ from loafing.figures.style import Schemes, method_styles  # noqa: E402
 from loafing.methods import METHODS  # noqa: E402
 from loafing.schema import TABLES, read_table  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # A toy network with two stages of 2 and 3 blocks: 2 * 3 = 6 ordered plans, the last one the main network.
 STAGES = ([1, 2], [3, 4, 5])
 MAIN_PLAN = "[1,2] [3,4,5]"
@@ -399,6 +401,31 @@ def test_schemes_and_colours():
     assert schemes.colour("CT") == METHODS["ct"].colour and schemes.colour("ST") == METHODS["st"].colour
     assert schemes.order(["ST-48", "alone", "ST", "CT", "ST-6", "ST (raw)"]) == ["CT", "ST-6", "ST-48", "ST",
                                                                                "ST (raw)", "alone"]
+
+
+def test_variants_of_one_method_are_schemes_of_their_own():
+    assert run_scheme("ST++", np.nan, np.nan, "", "subnets=4") == "ST++ [subnets=4]"
+    assert run_scheme("ST", np.nan, np.nan, "stochastic", "") == "ST (stochastic)"
+    schemes = Schemes(method_styles(measure_rows()))
+    assert schemes.order(["ST [a=1]", "CT", "ST", "ST-6"]) == ["CT", "ST-6", "ST", "ST [a=1]"]
+    assert schemes.colour("ST [a=1]") == schemes.colour("ST [a=1]") != schemes.colour("ST")
+    # The committed ST++ ablation on digits: each arm is its own row of Table 1, its numbers those of the runs the
+    # study named after that arm (two seeds each), not a pool of every ST++ run.
+    measure = read_table(ROOT / "results" / "st-plus-ablation" / "measure.csv", "measure")
+    table = table_main_and_subnetworks(measure).set_index("scheme")
+    arms = {"st-k4": "subnets=4", "st-small-inputs": "sub_resize_min=0.43",
+            "st-plus-plus": "subnets=4, kl_logits=normalized, ce_logits=normalized, sub_resize_min=0.43"}
+    assert len(table) == 8  # CT, ST and six ST++ arms
+    for arm, variant in arms.items():
+        mains = measure[measure["run"].str.fullmatch(f"{arm}-seed[0-9]+") & measure["is_main"]]
+        row = table.loc[f"ST++-144 [{variant}]"]  # the label: 144 ordered sub-networks, then the variant
+        assert row["seeds"] == 2 and row["main top-1"] == pytest.approx(mains["top1"].mean())
+
+
+def test_a_table_written_before_variants_reads_as_at_the_defaults(tmp_path):
+    rows = measure_rows()
+    rows.drop(columns=[c for c in ("variant",) if c in rows.columns]).to_csv(tmp_path / "measure.csv", index=False)
+    assert (read_table(tmp_path / "measure.csv", "measure")["variant"] == "").all()
 
 
 def test_a_method_the_rows_do_not_style_is_drawn_with_a_default_style(tmp_path):

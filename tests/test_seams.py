@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import dataclasses
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
@@ -239,6 +240,34 @@ def test_a_method_in_one_file_trains_measures_and_draws(throwaway, tmp_path):
         [0.2] * 3
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_runs_variant_names_each_variant_option_off_its_default(name):
+    from loafing.config import make_train_config
+    from loafing.schema import run_identifiers
+
+    method = METHODS[name]
+    at_defaults = dataclasses.asdict(make_train_config({"method": name}))
+    assert run_identifiers(at_defaults, "digits")["variant"] == ""
+    specs = {o.name: o for o in method.options}
+    for option in method.variant_options:
+        spec = specs[option]
+        if spec.kind is str:
+            other = next(c for c in spec.choices() if c != spec.default)
+        else:
+            other = spec.default / 2 if spec.kind is float else spec.default + 1
+        settings = {"method": name, option: other}
+        if name == "st++" and option == "ce_logits":
+            settings["kl_logits"] = "normalized"  # CE on normalized logits needs them for the KL too
+        if name == "st++" and option == "sub_depth":
+            settings.update(sub_resize_min=0.5, sampling="ordered")
+        if name == "st++" and option == "amplitude":
+            settings["kl_logits"] = "normalized"
+        config = dataclasses.asdict(make_train_config(settings))
+        variant = run_identifiers(config, "digits")["variant"]
+        expected = f"{option}={other:g}" if isinstance(other, float) else f"{option}={other}"
+        assert expected in variant.split(", "), (option, variant)
+
+
 def test_options_declared_by_two_methods_must_agree():
     def build(model, config, rng):
         return TrainingStep(lambda x, y: None)
@@ -252,7 +281,9 @@ def test_options_declared_by_two_methods_must_agree():
         register_method(method("epochs", options=(OptionSpec("epochs", int, 1, "x"),)))
     with pytest.raises(ValueError, match="run column 'tag' is not one of its options"):
         register_method(method("tagless", run_columns={"tag": "str"}))
-    assert not {"other-lam", "epochs", "tagless"} & set(METHODS)
+    with pytest.raises(ValueError, match="variant option 'tag' is not one of its options"):
+        register_method(method("variantless", variant_options=("tag",)))
+    assert not {"other-lam", "epochs", "tagless", "variantless"} & set(METHODS)
     assert [o.flag for o in train_option_specs()].count("--lam") == 1
 
 

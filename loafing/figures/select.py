@@ -39,22 +39,32 @@ def roles(df: pd.DataFrame) -> pd.Series:
     return df["method"].map(lambda m: styles[str(m)].role)
 
 
-def run_scheme(label: str, trained_plan: object, space_size: object, sampling: object = "") -> str:
+def run_scheme(label: str, trained_plan: object, space_size: object, sampling: object = "",
+               variant: object = "") -> str:
     """The training scheme of one run: 'alone', its method's label ('CT', 'ST'), 'LABEL-K' for a restricted space,
-    or 'ST (raw)' for a method run with another sampling rule than the ordered one."""
+    or 'ST (raw)' for a method run with another sampling rule than the ordered one; a run in a variant of its method
+    adds it, 'ST++ [subnets=4]'."""
     if not is_blank_cell(trained_plan):
         return ALONE
     if not is_blank_cell(sampling) and sampling != "ordered":
-        return f"{label} ({sampling})"
-    return label if is_blank_cell(space_size) else f"{label}-{int(space_size)}"
+        scheme = f"{label} ({sampling})"
+    else:
+        scheme = label if is_blank_cell(space_size) else f"{label}-{int(space_size)}"
+    return with_variant(scheme, variant)
+
+
+def with_variant(name: str, variant: object) -> str:
+    """A scheme's or label's name with its method variant, if any: 'ST++ [subnets=4]'."""
+    return name if is_blank_cell(variant) else f"{name} [{variant}]"
 
 
 def add_scheme(df: pd.DataFrame) -> pd.DataFrame:
     """A copy of `df` with a `scheme` column (see run_scheme)."""
     styles = method_styles(df)
     out = df.copy()
-    out["scheme"] = [run_scheme(styles[str(m)].label, t, s, r) for m, t, s, r in
-                     zip(df["method"], df["trained_plan"], _column(df, "space_size"), _column(df, "sampling"))]
+    out["scheme"] = [run_scheme(styles[str(m)].label, t, s, r, v) for m, t, s, r, v in
+                     zip(df["method"], df["trained_plan"], _column(df, "space_size"), _column(df, "sampling"),
+                         _column(df, "variant"))]
     return out
 
 
@@ -132,7 +142,7 @@ def add_space_size(measure: pd.DataFrame) -> pd.DataFrame:
     out = add_scheme(measure)
     schemes = schemes_of(measure)
     plans_per_run = out.groupby("run")["plan"].nunique()
-    samples = [role == STIMULATIVE and scheme != ALONE and schemes.split_sampling(scheme) is None
+    samples = [role == STIMULATIVE and scheme != ALONE and schemes.split_sampling(schemes.without_variant(scheme)) is None
                for role, scheme in zip(roles(out), out["scheme"])]
     sizes = []
     for run, space_size, sampled in zip(out["run"], _column(out, "space_size"), samples):
@@ -144,8 +154,9 @@ def add_space_size(measure: pd.DataFrame) -> pd.DataFrame:
             sizes.append(int(space_size))
     out["n_subnetworks"] = sizes
     styles = method_styles(measure)
-    out["label"] = [f"{styles[str(m)].label}-{n}" if sampled else scheme
-                    for m, scheme, sampled, n in zip(out["method"], out["scheme"], samples, out["n_subnetworks"])]
+    out["label"] = [with_variant(f"{styles[str(m)].label}-{n}", v) if sampled else scheme
+                    for m, scheme, sampled, n, v in zip(out["method"], out["scheme"], samples, out["n_subnetworks"],
+                                                        _column(out, "variant"))]
     return out
 
 

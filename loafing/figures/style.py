@@ -4,6 +4,7 @@ figures need neither the registry nor torch. A method whose rows carry no style 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +23,9 @@ ALONE_COLOUR = "#55a868"
 RESTRICTED_COLOURS = ("#dd8452", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
 # A stimulative method with another sampling rule than the paper's ordered one: 'ST (raw)', 'ST (stochastic)'.
 SAMPLING_COLOURS = {"stochastic": "#e17c05", "raw": "#7f3c8d"}
+# A method's variants ('ST++ [subnets=4]'): a colour from the variant's text, so one variant looks alike everywhere.
+VARIANT_COLOURS = ("#e377c2", "#17becf", "#bcbd22", "#9467bd", "#8c564b", "#1f77b4", "#d62728", "#2ca02c",
+                   "#ff7f0e", "#7f7f7f")
 # Methods whose rows carry no colour (written by a method that was not registered then), in order of their labels.
 DEFAULT_COLOURS = ("#64b5cd", "#ccb974", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
@@ -84,6 +88,17 @@ class Schemes:
         base, _, size = scheme.rpartition("-")
         return (base, int(size)) if base in self._by_label() and size.isdigit() and int(size) > 0 else None
 
+    @staticmethod
+    def split_variant(scheme: str) -> tuple[str, str] | None:
+        """('ST++', 'subnets=4') for 'ST++ [subnets=4]': a scheme and its method variant; None otherwise."""
+        base, bracket, variant = scheme.rpartition(" [")
+        return (base, variant[:-1]) if bracket and variant.endswith("]") else None
+
+    def without_variant(self, scheme: str) -> str:
+        """The scheme of a method variant's scheme ('ST++' for 'ST++ [subnets=4]'), else the scheme itself."""
+        split = self.split_variant(scheme)
+        return scheme if split is None else split[0]
+
     def split_sampling(self, scheme: str) -> tuple[str, str] | None:
         """('ST', 'raw') for 'ST (raw)': a method's label and a sampling rule; None otherwise."""
         base, _, rule = scheme.partition(" (")
@@ -94,6 +109,9 @@ class Schemes:
         labels = self._by_label()
         if scheme == ALONE:
             return ALONE_COLOUR
+        variant = self.split_variant(scheme)
+        if variant is not None:
+            return VARIANT_COLOURS[zlib.crc32(variant[1].encode()) % len(VARIANT_COLOURS)]
         if scheme in labels:
             return labels[scheme].colour
         restricted = self.split_restricted(scheme)
@@ -114,6 +132,9 @@ class Schemes:
         labels = self._by_label()
 
         def key(scheme: str) -> tuple[float, float, str]:
+            variant = self.split_variant(scheme)
+            if variant is not None:  # after its scheme without the variant
+                return (*key(variant[0])[:2], scheme)
             if scheme in labels:
                 return (labels[scheme].order, math.inf, scheme)
             restricted = self.split_restricted(scheme)

@@ -196,11 +196,11 @@ KD_OPTIONS = (OptionSpec("kd_temperature", float, 3.0, "self-distillation: softm
 register_method(TrainingMethod(
     "stochastic-depth", "Stochastic depth", "#55a868",
     "stochastic depth (Huang et al.): droppable blocks survive with p falling linearly to --sd-survival",
-    build_stochastic_depth, options=SD_OPTIONS, relative_cost=16.9 / 16.91))
+    build_stochastic_depth, options=SD_OPTIONS, variant_options=("sd_survival", "sd_mode"), relative_cost=16.9 / 16.91))
 register_method(TrainingMethod(
     "self-distillation", "Self-distillation", "#8172b2",
     "Be Your Own Teacher: 0.8 CE of every classifier + 0.2 KD + 0.02 feature loss, a head after each stage",
-    build_self_distillation, options=KD_OPTIONS, relative_cost=26.8 / 16.91))
+    build_self_distillation, options=KD_OPTIONS, variant_options=("kd_temperature",), relative_cost=26.8 / 16.91))
 register_method(TrainingMethod(
     "layer-supervision", "CT+layer supervision", "#ccb974",
     "CT + CE of an auxiliary head after each layer of every stage but the last",

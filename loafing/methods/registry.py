@@ -21,7 +21,8 @@ from loafing.distributed import World
 from loafing.errors import LoafingError
 from loafing.models import StagedModel
 from loafing.plans import Plan, parse_plan
-from loafing.schema import add_method_style, add_run_column, remove_method_style, remove_run_column
+from loafing.schema import (add_method_style, add_method_variants, add_run_column, remove_method_style,
+                            remove_method_variants, remove_run_column)
 
 ROLES = ("conventional", "stimulative", "")  # what the figures compare a method as (see TrainingMethod.role)
 
@@ -60,6 +61,9 @@ class TrainingMethod:
     role: str = ""
     options: tuple[OptionSpec, ...] = ()  # settings only this method (and others declaring them alike) reads
     run_columns: dict[str, str] = field(default_factory=dict)  # own option -> column type, empty in others' rows
+    # Own options whose other values make another scheme (the `variant` column: "subnets=4"); not the ones that
+    # change only how a step is computed or which seed draws (st_step, space_seed), nor those with their own column.
+    variant_options: tuple[str, ...] = ()
     # Raises a one-line LoafingError for settings it cannot run with (config, the device if known, the processes).
     check: Callable[[TrainConfig, torch.device | None, World], None] | None = None
     trains_plan: bool = False  # whether it can train a sub-network alone (`--plan`)
@@ -79,6 +83,10 @@ def register_method(method: TrainingMethod) -> TrainingMethod:
     strange = [c for c in method.run_columns if c not in own]
     if strange:
         raise ValueError(f"method {method.name!r}: run column {strange[0]!r} is not one of its options")
+    strange = [o for o in method.variant_options if o not in own or o in method.run_columns]
+    if strange:
+        raise ValueError(f"method {method.name!r}: variant option {strange[0]!r} is not one of its options without a "
+                         "run column")
     declare_method_options(method.name, method.options)
     try:
         for column, kind in method.run_columns.items():
@@ -87,6 +95,7 @@ def register_method(method: TrainingMethod) -> TrainingMethod:
         _forget(method)
         raise
     add_method_style(method.name, method.label, method.colour, method.role)
+    add_method_variants(method.name, {o: own[o].default for o in method.variant_options})
     METHODS[method.name] = method
     return method
 
@@ -101,6 +110,7 @@ def unregister_method(name: str) -> None:
 def _forget(method: TrainingMethod) -> None:
     forget_method_options(method.name)
     remove_method_style(method.name)
+    remove_method_variants(method.name)
     for column in method.run_columns:
         remove_run_column(column, method.name)
 

@@ -172,7 +172,8 @@ register_method(TrainingMethod(
     "st++", "ST++", "#dd8452", "stimulative training with ST++'s ingredients: K sub-networks, KL on normalized "
     "logits, smaller inputs for the sub-networks, the resolution-only control (at its defaults: ST)",
     build_st_plus, role="stimulative", options=ST_PLUS_OPTIONS,
-    # ST's columns only: a column of its own would be one more in every table, committed ones included; a run's
-    # ST++ settings are in its config.json and, in a study, its name.
+    # ST's columns; its own ingredients are told apart by the `variant` column, not one column each in every table.
     run_columns={"lam": FLOAT, "space_size": OPTIONAL_INT, "sampling": TEXT},
+    variant_options=("subnets", "subnet_reduction", "kl_logits", "ce_logits", "amplitude", "temperature",
+                     "sub_resize_min", "sub_depth"),
     check=check_st_plus, relative_cost=1.4))  # at its defaults; K sub-networks cost about K times ST's extra
