@@ -17,6 +17,11 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def batchnorms_with_statistics(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of `model` that keep running statistics (not those that normalize by each batch)."""
+    return [bn for bn in batchnorms(model) if bn.running_mean is not None]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether `model` has a BatchNorm layer with running statistics, i.e. anything to recalibrate."""
     return any(bn.track_running_stats and bn.running_mean is not None for bn in batchnorms(model))
@@ -31,7 +36,7 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
 @contextlib.contextmanager
 def preserved_bn_state(model: nn.Module) -> Iterator[None]:
     """Restore every BN running statistic, momentum and the train/eval mode on exit."""
-    bns = [bn for bn in batchnorms(model) if bn.running_mean is not None]  # a layer without statistics has none to keep
+    bns = batchnorms_with_statistics(model)
     saved = [(bn.momentum, bn.running_mean.clone(), bn.running_var.clone(),
               bn.num_batches_tracked.clone()) for bn in bns]
     was_training = model.training
@@ -158,7 +163,7 @@ def whole_set_statistics(model: nn.Module) -> Iterator[None]:
         bn.num_batches_tracked.add_(1)
         counts[id(bn.running_mean)] = (bn.running_mean, seen + n)
 
-    hooks = [bn.register_forward_pre_hook(accumulate) for bn in batchnorms(model) if bn.running_mean is not None]
+    hooks = [bn.register_forward_pre_hook(accumulate) for bn in batchnorms_with_statistics(model)]
     try:
         with frozen_bn_stats(model):
             yield

@@ -109,6 +109,8 @@ def read_checkpoint(path: str | Path, unsafe_load: bool = False, resume: bool = 
     path = Path(path)
     _check_file(path)
     if is_safetensors(path):
+        if resume:
+            raise LoafingError(f"checkpoint {str(path)!r} is a safetensors file of weights, not a run to resume")
         return _load_safetensors(path)
     try:
         obj = _torch_load(path, weights_only=True)

@@ -81,6 +81,8 @@ def block_influence(loaded: LoadedModel, data: DataSplits, evaluation: EvalConfi
         deleted = delete_one if delete_one is not None else destruct(loaded, data, "delete-one", evaluation,
                                                                      progress=progress, world=world)
         deleted = deleted[deleted["n"] == 1]
+        if set(deleted["layers"].astype(int)) != deletable:
+            raise ValueError("the delete-one table does not delete each deletable block of this network once")
         drops = dict(zip(deleted["layers"].astype(int), deleted["drop"]))
     stage_of = {b: s for s, stage in enumerate(layout.stages, start=1) for b in stage}
     df = pd.DataFrame({

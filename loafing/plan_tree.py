@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from loafing.bn import batches_of_two_or_more, batchnorms, has_batchnorm, whole_set_statistics
+from loafing.bn import batches_of_two_or_more, batchnorms_with_statistics, has_batchnorm, whole_set_statistics
 from loafing.distributed import World, gather_objects
 from loafing.evaluate import plan_row
 from loafing.models import StagedModel
@@ -91,9 +91,9 @@ class PlanTreeEvaluator:
         self.all_plans = self.plans if self.main in self.plans else self.plans + [self.main]
         self.main_index = self.all_plans.index(self.main)
         self.root = build_tree(self.all_plans, self.main)
-        self.stem_bns = [bn for m in model.stem_modules() for bn in batchnorms(m)]
-        self.head_bns = [bn for m in model.head_modules() for bn in batchnorms(m)]
-        self.block_bns = {b: batchnorms(model.block(b)) for b in model.layout.main_plan.sequence()}
+        self.stem_bns = [bn for m in model.stem_modules() for bn in batchnorms_with_statistics(m)]
+        self.head_bns = [bn for m in model.head_modules() for bn in batchnorms_with_statistics(m)]
+        self.block_bns = {b: batchnorms_with_statistics(model.block(b)) for b in model.layout.main_plan.sequence()}
         self.recalibrated = False
 
     def _bns(self, node: Node) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -206,7 +206,8 @@ class PlanTreeEvaluator:
 @contextlib.contextmanager
 def own_bn_tensors(model: nn.Module) -> Iterator[None]:
     """Give the model its own BN statistic tensors and train/eval mode back on exit."""
-    saved = [(bn, bn.running_mean, bn.running_var, bn.num_batches_tracked) for bn in batchnorms(model)]
+    saved = [(bn, bn.running_mean, bn.running_var, bn.num_batches_tracked)
+             for bn in batchnorms_with_statistics(model)]
     was_training = model.training
     try:
         yield

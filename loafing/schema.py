@@ -138,8 +138,7 @@ def remove_run_column(name: str, method: str | None = None) -> None:
 
 
 def add_method_variants(method: str, defaults: Mapping[str, Any]) -> None:
-    """Declare a registered method's variant options (name -> default): the settings whose other values make another
-    scheme in the figures (the registry calls this, as add_method_style)."""
+    """Declare a registered method's variant options (name -> default), as add_method_style declares its style."""
     _method_variants[method] = dict(defaults)
 
 
@@ -149,8 +148,7 @@ def remove_method_variants(method: str) -> None:
 
 
 def variant_text(method: str | None, settings: Mapping[str, Any]) -> str:
-    """The `variant` cell of a run of `method` with these settings: each variant option not at its default, as
-    name=value in the method's order; empty at the defaults and for a method without variant options."""
+    """The `variant` cell of a run: its method's variant options off their defaults, "name=value, ..." (or empty)."""
     def shown(value: Any) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
 

@@ -17,9 +17,9 @@ from loafing.influence import block_influence
 from loafing.inside import inside_vs_alone, load_family, loafing_gaps
 from loafing.io import write_json
 from loafing.measure import evaluation_data, measure_plans, plans_to_measure
-from loafing.schema import TABLES, read_table, write_table
+from loafing.schema import TABLES, read_table, run_identifiers, write_table
 from loafing.studies import Preset, RunSpec
-from loafing.run_state import CHECKPOINT_NAME, KL_NAME, LOG_NAME
+from loafing.run_state import CHECKPOINT_NAME, CONFIG_NAME, KL_NAME, LOG_NAME, load_config
 
 
 def evaluation_config(preset: Preset, device: str) -> EvalConfig:
@@ -130,14 +130,27 @@ def inside_grid(preset: Preset, runs_dir: Path, folder: Path, device: str, data_
     write_json(wanted, settings)
 
 
+def run_variants(folders: Sequence[Path]) -> dict[str, str]:
+    """Each run folder's run name -> its `variant` cell, from its config.json."""
+    variants = {}
+    for folder in folders:
+        if (folder / CONFIG_NAME).exists():
+            config = dataclasses.asdict(load_config(folder))
+            variants[config["run"]] = run_identifiers(config, config["dataset"])["variant"]
+    return variants
+
+
 def collect_results(folders: Sequence[Path], results_dir: Path) -> dict[str, Path]:
-    """Concatenate the CSVs of these folders (runs, the inside grid) into one tidy CSV per table in `results_dir`."""
+    """Concatenate the CSVs of these folders (runs, the inside grid) into one tidy CSV per table in `results_dir`.
+    Each run's `variant` is taken from its config.json (a CSV evaluated before the column existed has none)."""
+    variants = run_variants(folders)
     sources = {"measure": ["measure.csv"], "destruct": [result_file(m) for m in MODES],
                "kl_trajectory": [KL_NAME], "train_log": [LOG_NAME], "loafing_gap": ["loafing_gap.csv"],
                "influence": [result_file("influence")]}
     written = {}
     for table, files in sources.items():
         parts = [read_table(folder / f, table) for folder in folders for f in files if (folder / f).exists()]
+        parts = [part.assign(variant=part["run"].map(variants).fillna(part["variant"])) for part in parts]
         if parts:
             written[table] = results_dir / TABLES[table].file
             write_table(pd.concat(parts, ignore_index=True), written[table], table)

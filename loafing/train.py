@@ -167,6 +167,8 @@ def _train(config: TrainConfig, world: World, device: torch.device, progress: bo
     config = run.config
     ids = run_identifiers(dataclasses.asdict(config), config.dataset)
     first_epoch, log_rows, kl_rows = restore_state(run) if resume else (1, [], [])
+    # Rows of epochs before a resume carry the run columns of then; the run's are those of now (e.g. its variant).
+    log_rows, kl_rows = [{**row, **ids} for row in log_rows], [{**row, **ids} for row in kl_rows]
 
     for epoch in tqdm(range(first_epoch, config.epochs + 1), desc=f"{config.method} {config.model}",
                       unit="epoch", initial=first_epoch - 1, total=config.epochs, disable=not progress):

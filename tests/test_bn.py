@@ -122,6 +122,17 @@ def test_a_batchnorm_without_running_statistics_is_left_to_its_batches(digits):
                                                                       for t in (bn.running_mean, bn.running_var)]))
     after = [t for bn in kept for t in (bn.running_mean, bn.running_var)]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+    # The prefix-sharing evaluator (measure, destruct, influence) gives what the one-by-one reference gives.
+    from loafing.evaluate import evaluate_plans_one_by_one
+    from loafing.plan_tree import evaluate_plans
+
+    plans = [model.layout.main_plan, ordered_plan(model.layout, (1, 2, 3)), ordered_plan(model.layout, (3, 1, 2))]
+    test = make_loader(seeded_subset(digits.test, 96, 1), 32)
+    calib = make_loader(seeded_subset(digits.train_plain, 64, 0), 32)
+    tree, _ = evaluate_plans(model, plans, test, calib, torch.device("cpu"), progress=False)
+    reference = evaluate_plans_one_by_one(model, plans, test, calib, torch.device("cpu"), progress=False)
+    assert tree["top1"].tolist() == pytest.approx(reference["top1"].tolist())
+    assert tree["loss"].tolist() == pytest.approx(reference["loss"].tolist(), rel=1e-4)
 
 
 @pytest.mark.parametrize("st_loss", [st_loss_simple, st_loss_shared])

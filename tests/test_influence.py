@@ -128,6 +128,8 @@ def test_a_given_delete_one_table_is_used_instead_of_running_the_deletions(check
     assert df.loc[deletable, "top1_drop"].to_numpy() == pytest.approx(
         recalibrated.loc[deletable, "top1_drop"].to_numpy() + 100.0, abs=1e-9)
     assert df["influence"].to_numpy() == pytest.approx(recalibrated["influence"].to_numpy(), nan_ok=True)
+    with pytest.raises(ValueError, match="does not delete each deletable block"):  # another network's, or a part
+        block_influence(load_model(checkpoint), small_digits, EVAL, progress=False, delete_one=table.iloc[:-1])
 
 
 def test_a_layernorm_vit_measures_its_tokens(small_digits):

@@ -202,3 +202,33 @@ def test_the_ablation_table_compares_each_arm_with_st_by_seed_and_by_plan():
     assert table.loc["st-k4", "sub-networks vs st (paired)"] == pytest.approx(4.0)
     assert table.loc["st-k4", "time/step vs st"] == pytest.approx((1 + 6 / 6) / (1 + 1 / 6))
     assert table.loc["st", "sub-networks"] == "75.50 ± 4.08"  # seeds' means 75, 76; population std of 70, 75, 80
+
+
+def test_a_variant_run_keeps_its_variant_across_a_resume_and_a_collection(tmp_path, interrupted_training):
+    """Rows written before the variant column existed (in a checkpoint, in a run's CSVs) get the run's variant."""
+    import pandas as pd
+
+    from loafing.run_state import load_config
+    from loafing.schema import read_table
+    from loafing.study_results import collect_results
+    from loafing.train import train
+
+    out = tmp_path / "k2"
+    config = make_train_config(dict(model="resnet20-cifar", method="st++", subnets=2, epochs=2, lr=0.1, train_size=64,
+                                    batch_size=32, monitor_calib_size=32, kl_every=1, kl_plans=2, kl_probe_size=32,
+                                    device="cpu", out=str(out)))
+    interrupted_training(config, epoch=2)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    for row in state["log_rows"] + state["kl_rows"]:  # as an older version wrote them
+        row.pop("variant")
+    torch.save(state, out / "checkpoint.pt")
+    train(load_config(out), progress=False, resume=True)
+    log = pd.read_csv(out / "train_log.csv", keep_default_na=False)
+    assert log["epoch"].tolist() == [1, 2] and set(log["variant"]) == {"subnets=2"}
+    assert set(pd.read_csv(out / "kl_trajectory.csv", keep_default_na=False)["variant"]) == {"subnets=2"}
+
+    old = read_table(out / "train_log.csv", "train_log").drop(columns=["variant"])
+    old.to_csv(out / "train_log.csv", index=False)  # a run folder evaluated before the column existed
+    assert set(read_table(out / "train_log.csv", "train_log")["variant"]) == {""}
+    written = collect_results([out], tmp_path / "results")
+    assert set(read_table(written["train_log"], "train_log")["variant"]) == {"subnets=2"}

@@ -23,7 +23,7 @@ import timm.data
 import torch
 import torchvision
 
-from loafing.checkpoint import load_model
+from loafing.checkpoint import load_model, read_checkpoint
 from loafing.errors import LoafingError
 from loafing.hub import AKAMASTER_FILES, AKAMASTER_URL
 from loafing.models import create_model
@@ -281,6 +281,8 @@ def test_a_safetensors_file_is_read_as_timm_reads_it(convnext_file, tmp_path, ru
     code, _, err = run_cli("measure", "--model", "timm:convnext_atto", *flags, "--weights", path, "--space", "uniform",
                            "--out", tmp_path / "m.csv", "--quiet")
     assert code == 0, err
+    with pytest.raises(LoafingError, match="is a safetensors file of weights, not a run to resume"):
+        read_checkpoint(path, resume=True)
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(path.read_bytes()[:-100])  # an interrupted download
     code, _, err = run_cli("measure", "--model", "timm:convnext_atto", *flags, "--weights", cut, "--out",

@@ -146,7 +146,8 @@ def plot_space_size(measure: pd.DataFrame) -> Figure:
     use_style()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), layout="constrained")
     for ax, (column, ylabel) in zip(axes, panels):
-        means = stats.groupby("x")[column].mean()
+        plain = stats[[schemes.split_variant(label) is None for label in stats["label"]]]  # not a method's variants
+        means = plain.groupby("x")[column].mean()
         ax.plot(means.index, means.values, color="0.3", linewidth=1, zorder=1)
         for label in schemes.order(stats["label"]):
             rows = stats[stats["label"] == label]
@@ -198,7 +199,8 @@ def plot_sampling_rules(measure: pd.DataFrame) -> Figure:
     rows = rows[is_blank(rows["space_size"])] if "space_size" in rows.columns else rows
     stats = per_run_subnetwork_stats(rows.assign(label=rows["scheme"], n_subnetworks=0))
     st_label = styles.role_label(STIMULATIVE)
-    if not st_label or stats[stats["scheme"].str.startswith(st_label)]["scheme"].nunique() < 2:
+    rules = {s for s in stats["scheme"] if s == st_label or (styles.split_sampling(s) or ("",))[0] == st_label}
+    if not st_label or len(rules) < 2:
         raise NotEnoughData("needs ST runs with at least two sampling rules (--sampling)")
     schemes = styles.order(stats["scheme"])
     per_scheme = stats.groupby("scheme")[["main_top1", "sub_mean", "sub_std"]].mean().reindex(schemes)

@@ -23,7 +23,7 @@ ALONE_COLOUR = "#55a868"
 RESTRICTED_COLOURS = ("#dd8452", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
 # A stimulative method with another sampling rule than the paper's ordered one: 'ST (raw)', 'ST (stochastic)'.
 SAMPLING_COLOURS = {"stochastic": "#e17c05", "raw": "#7f3c8d"}
-# A method's variants ('ST++ [subnets=4]'): a colour from the variant's text, so one variant looks alike everywhere.
+# A method's variants ('ST++ [subnets=4]'): one colour per variant present, by the order of their texts.
 VARIANT_COLOURS = ("#e377c2", "#17becf", "#bcbd22", "#9467bd", "#8c564b", "#1f77b4", "#d62728", "#2ca02c",
                    "#ff7f0e", "#7f7f7f")
 # Methods whose rows carry no colour (written by a method that was not registered then), in order of their labels.
@@ -72,6 +72,7 @@ class Schemes:
     """The colours and order of the schemes built from a set of methods' styles ('CT', 'ST-48', 'ST (raw)', ...)."""
 
     methods: dict[str, MethodStyle]
+    variants: tuple[str, ...] = ()  # the method variants present, sorted: each gets its own colour
 
     def _by_label(self) -> dict[str, MethodStyle]:
         return {style.label: style for style in self.methods.values()}
@@ -111,7 +112,9 @@ class Schemes:
             return ALONE_COLOUR
         variant = self.split_variant(scheme)
         if variant is not None:
-            return VARIANT_COLOURS[zlib.crc32(variant[1].encode()) % len(VARIANT_COLOURS)]
+            known = variant[1] in self.variants
+            rank = self.variants.index(variant[1]) if known else zlib.crc32(variant[1].encode())
+            return VARIANT_COLOURS[rank % len(VARIANT_COLOURS)]
         if scheme in labels:
             return labels[scheme].colour
         restricted = self.split_restricted(scheme)
@@ -148,8 +151,9 @@ class Schemes:
 
 
 def schemes_of(df: pd.DataFrame) -> Schemes:
-    """The schemes' styles of the methods in `df`."""
-    return Schemes(method_styles(df))
+    """The schemes' styles of the methods in `df`, and its method variants."""
+    variants = sorted({str(v) for v in df["variant"] if not is_blank_cell(v)}) if "variant" in df.columns else []
+    return Schemes(method_styles(df), tuple(variants))
 
 
 def use_style() -> None:
