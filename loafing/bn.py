@@ -24,7 +24,7 @@ def batchnorms_with_statistics(model: nn.Module) -> list[nn.modules.batchnorm._B
 
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether `model` has a BatchNorm layer with running statistics, i.e. anything to recalibrate."""
-    return any(bn.track_running_stats and bn.running_mean is not None for bn in batchnorms(model))
+    return any(bn.track_running_stats for bn in batchnorms_with_statistics(model))
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:

@@ -32,8 +32,8 @@ def evaluation_data(loaded: LoadedModel, dataset: str | None = None, data_dir: s
     config = loaded.config
     dataset = dataset or config.get("dataset") or "digits"
     image_size, eval_resize, interpolation = weights_framing(
-        config["model"], config.get("model_args"), config.get("weights"), dataset, image_size or config.get("image_size"),
-        config.get("eval_resize"))
+        config["model"], config.get("model_args"), config.get("weights"), dataset,
+        image_size or config.get("image_size"), config.get("eval_resize"))
     data = load_dataset(dataset, data_dir or config.get("data_dir"), download,
                         recipe_for(get_spec(config["model"], config.get("model_args")).recipe, image_size), image_size,
                         eval_resize=eval_resize, eval_interpolation=interpolation)

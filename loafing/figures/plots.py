@@ -145,8 +145,8 @@ def plot_space_size(measure: pd.DataFrame) -> Figure:
 
     use_style()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), layout="constrained")
+    plain = stats[[schemes.split_variant(label) is None for label in stats["label"]]]  # not a method's variants
     for ax, (column, ylabel) in zip(axes, panels):
-        plain = stats[[schemes.split_variant(label) is None for label in stats["label"]]]  # not a method's variants
         means = plain.groupby("x")[column].mean()
         ax.plot(means.index, means.values, color="0.3", linewidth=1, zorder=1)
         for label in schemes.order(stats["label"]):

@@ -142,7 +142,8 @@ def add_space_size(measure: pd.DataFrame) -> pd.DataFrame:
     out = add_scheme(measure)
     schemes = schemes_of(measure)
     plans_per_run = out.groupby("run")["plan"].nunique()
-    samples = [role == STIMULATIVE and scheme != ALONE and schemes.split_sampling(schemes.without_variant(scheme)) is None
+    samples = [role == STIMULATIVE and scheme != ALONE
+               and schemes.split_sampling(schemes.without_variant(scheme)) is None
                for role, scheme in zip(roles(out), out["scheme"])]
     sizes = []
     for run, space_size, sampled in zip(out["run"], _column(out, "space_size"), samples):
