@@ -20,7 +20,7 @@ from loafing.io import save_torch
 from loafing.models import StagedModel, create_model, get_spec, is_library_model
 from loafing.models.registry import check_model_args
 from loafing.options import option_specs
-from loafing.schema import FOREIGN_METHOD
+from loafing.method_styles import FOREIGN_METHOD
 
 FORMAT = "loafing-checkpoint"
 FORMAT_VERSION = 1

@@ -20,7 +20,8 @@ from loafing.measure import (architecture_names, calibration_columns, calibratio
                              evaluation_data, evaluation_device, measure_plans, trained_plan)
 from loafing.plan_tree import evaluate_plans
 from loafing.plans import Plan, ordered_plan
-from loafing.schema import method_style, run_identifiers, with_run_identifiers
+from loafing.method_styles import method_style
+from loafing.schema import run_identifiers, with_run_identifiers
 
 Z_95 = 1.959964  # two-sided 95% normal quantile
 

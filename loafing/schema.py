@@ -15,6 +15,7 @@ import pandas as pd
 from loafing import legacy
 from loafing.errors import LoafingError
 from loafing.io import write_csv
+from loafing.method_styles import FOREIGN_METHOD, FOREIGN_STYLE, STYLE_COLUMNS, method_style, variant_text
 
 TEXT, FLOAT, INT, OPTIONAL_INT, BOOL = "str", "float64", "int64", "Int64", "bool"
 
@@ -28,10 +29,6 @@ BASE_RUN_COLUMNS: dict[str, str] = {
     # kl_logits=normalized"; empty at the defaults): runs of one method in other variants are other schemes.
     "variant": TEXT,
 }
-STYLE_COLUMNS = ("method_label", "method_colour", "method_role", "method_order")
-# The `method` of a foreign checkpoint's rows (akamaster, torchvision): trained elsewhere, not by a registered method.
-FOREIGN_METHOD = "external"
-FOREIGN_STYLE = ("foreign checkpoint", "#8c8c8c", "conventional")  # label, colour, role; no registry position
 
 
 @dataclass(frozen=True)
@@ -44,9 +41,7 @@ class MethodColumn:
     default: Any = None
 
 
-_method_styles: dict[str, tuple[str, str, str]] = {}  # registered method -> (label, colour, role), in registry order
 _method_run_columns: dict[str, MethodColumn] = {}
-_method_variants: dict[str, dict[str, Any]] = {}  # registered method -> its variant options and their defaults
 
 PLAN_COLUMNS = {"plan": TEXT, "depths": TEXT, "n_blocks": INT, "is_main": BOOL}
 # What the model's spec calls the network a plan runs ("ResNet20"; empty where it has no name), for the figures.
@@ -103,17 +98,6 @@ def run_columns() -> dict[str, str]:
     return {**BASE_RUN_COLUMNS, **{name: column.kind for name, column in _method_run_columns.items()}}
 
 
-def add_method_style(method: str, label: str, colour: str, role: str) -> None:
-    """Declare how a registered training method is shown (its rows' method_* columns); the method registry calls
-    this, so that this module never imports it."""
-    _method_styles[method] = (label, colour, role)
-
-
-def remove_method_style(method: str) -> None:
-    """Forget a method's style (for methods registered only for a while, e.g. in tests)."""
-    _method_styles.pop(method, None)
-
-
 def add_run_column(name: str, kind: str, method: str, default: Any = None) -> None:
     """Declare a run column that a training method adds (several methods may share one of the same type); runs of
     other methods leave it empty, so its type must allow missing values (str, float64 or Int64)."""
@@ -135,35 +119,6 @@ def remove_run_column(name: str, method: str | None = None) -> None:
     owners = tuple(m for m in known.methods if m != method) if known is not None and method is not None else ()
     if owners:
         _method_run_columns[name] = MethodColumn(known.kind, owners, known.default)
-
-
-def add_method_variants(method: str, defaults: Mapping[str, Any]) -> None:
-    """Declare a registered method's variant options (name -> default), as add_method_style declares its style."""
-    _method_variants[method] = dict(defaults)
-
-
-def remove_method_variants(method: str) -> None:
-    """Forget a method's variant options."""
-    _method_variants.pop(method, None)
-
-
-def variant_text(method: str | None, settings: Mapping[str, Any]) -> str:
-    """The `variant` cell of a run: its method's variant options off their defaults, "name=value, ..." (or empty)."""
-    def shown(value: Any) -> str:
-        return f"{value:g}" if isinstance(value, float) else str(value)
-
-    return ", ".join(f"{name}={shown(settings[name])}" for name, default in _method_variants.get(method, {}).items()
-                     if name in settings and settings[name] != default)
-
-
-def method_style(method: str) -> dict[str, Any]:
-    """The method_* columns' values for rows of `method`: its registered style and position, the foreign style,
-    or empty for a method that is not registered here."""
-    if method == FOREIGN_METHOD:
-        return dict(zip(STYLE_COLUMNS, (*FOREIGN_STYLE, None)))
-    if method in _method_styles:
-        return dict(zip(STYLE_COLUMNS, (*_method_styles[method], list(_method_styles).index(method))))
-    return dict(zip(STYLE_COLUMNS, ("", "", "", None)))
 
 
 def run_identifiers(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:

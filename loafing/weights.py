@@ -18,7 +18,7 @@ from loafing.models import StagedModel, create_model, get_spec, is_library_model
 from loafing.models.families import LIBRARIES, PRETRAINED, Library, WeightsFacts
 from loafing.models.registry import check_model_args
 from loafing.recipes import recipe_for
-from loafing.schema import FOREIGN_METHOD
+from loafing.method_styles import FOREIGN_METHOD
 
 # Data sets every model sees at one size (load_digits_splits refuses --image-size): no framing from the weights.
 FIXED_SIZE_DATASETS = ("digits",)

@@ -12,7 +12,7 @@ from loafing.bn import (batches_of_two_or_more, batchnorms, frozen_bn_stats, pre
 from loafing.data import images_only, make_loader, seeded_subset
 from loafing.errors import LoafingError
 from loafing.models import MODELS, StagedModel, create_model
-from loafing.segments import is_segment_aware, stacked_batches
+from loafing.segments import is_segment_aware
 from loafing.plans import ordered_plan, sample_ordered_plan
 from loafing.methods import ct_loss, st_loss_shared, st_loss_simple
 from test_segments import BatchNormAct2d

@@ -25,7 +25,7 @@ from loafing.distributed import World, current_world, process_device, process_gr
 from loafing.errors import LoafingError
 from loafing.methods import ct_loss, st_loss_shared
 from loafing.plan_tree import plan_shares
-from loafing.plans import Plan, get_space, parse_plan
+from loafing.plans import get_space, parse_plan
 from loafing.recipes import RECIPES
 from loafing.train import build_run, check_config, evaluate, record_kl, train, train_one_epoch
 

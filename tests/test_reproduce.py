@@ -17,7 +17,7 @@ from loafing.plans import ordered_space, parse_plan
 from loafing.reproduce import Preset, RunSpec, dry_run_text, reproduce
 from loafing.studies import InsideSpec, builtin_study, study_names
 from loafing.train import check_config
-from loafing.config import TrainConfig, flat_settings, make_train_config
+from loafing.config import flat_settings, make_train_config
 from loafing.eval_config import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,15 +1,12 @@
 """Figs. 7 and r2: what happens during training, KL to the main network and the learning curves."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from loafing.figures.select import (NotEnoughData, add_scheme, at_reference_lam, conventional_and_stimulative,
-                                    full_runs, of_methods, ordered_sampling)
+from loafing.figures.select import NotEnoughData, add_scheme, at_reference_lam, full_runs
 from loafing.figures.style import CONVENTIONAL, STIMULATIVE, Schemes, figure_legend, schemes_of, use_style
 
 

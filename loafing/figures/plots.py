@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam,
                                     conventional_and_stimulative, conventionally_trained, full_runs, label_palette,
-                                    network_names, of_methods, ordered_sampling, per_run_subnetwork_stats,
+                                    network_names, ordered_sampling, per_run_subnetwork_stats,
                                     stimulative_hosts)
 from loafing.figures.style import (ALONE, ALONE_LABEL, CONVENTIONAL, STIMULATIVE, figure_legend, is_blank,
                                    schemes_of, use_style)

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from loafing.figures.select import (NotEnoughData, add_scheme, at_reference_lam, conventional_and_stimulative,
                                     full_runs, of_methods, ordered_sampling)
-from loafing.figures.style import CONVENTIONAL, STIMULATIVE, Schemes, figure_legend, schemes_of, use_style
+from loafing.figures.style import figure_legend, schemes_of, use_style
 
 
 def plot_destruct(destruct: pd.DataFrame, also: Sequence[str] = ()) -> Figure:

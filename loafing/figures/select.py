@@ -14,7 +14,7 @@ import pandas as pd
 from loafing.errors import LoafingError
 from loafing.figures.style import (ALONE, CONVENTIONAL, STIMULATIVE, Schemes, is_blank, is_blank_cell,
                                    method_styles, schemes_of)
-from loafing.schema import FOREIGN_METHOD
+from loafing.method_styles import FOREIGN_METHOD
 
 
 class NotEnoughData(LoafingError):

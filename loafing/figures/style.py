@@ -13,7 +13,8 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from loafing.schema import FOREIGN_METHOD, is_blank  # noqa: F401  (the figures' test of an empty cell)
+from loafing.method_styles import FOREIGN_METHOD
+from loafing.schema import is_blank  # noqa: F401  (the figures' test of an empty cell)
 
 CONVENTIONAL, STIMULATIVE = "conventional", "stimulative"  # the roles figures give a method (see loafing.schema)
 ALONE = "alone"

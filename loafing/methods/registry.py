@@ -21,8 +21,8 @@ from loafing.distributed import World
 from loafing.errors import LoafingError
 from loafing.models import StagedModel
 from loafing.plans import Plan, parse_plan
-from loafing.schema import (add_method_style, add_method_variants, add_run_column, remove_method_style,
-                            remove_method_variants, remove_run_column)
+from loafing.method_styles import add_method_style, add_method_variants, remove_method_style, remove_method_variants
+from loafing.schema import add_run_column, remove_run_column
 
 ROLES = ("conventional", "stimulative", "")  # what the figures compare a method as (see TrainingMethod.role)
 
