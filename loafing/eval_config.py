@@ -25,6 +25,9 @@ class EvalConfig:
     calib_seed: int = option(0, "Seed choosing the calibration subset (and sampled plans).", range=SEED)
     recalibrate: bool = option(True, "Recalibrate BN on the calibration images before evaluating each plan "
                                "(--no-recalibrate: the stored statistics).")
+    calib_augment: bool = option(True, "Draw the calibration images with the training augmentation (crop, flip), "
+                                 "the distribution BN's running statistics come from, as the paper's code does "
+                                 "(--no-calib-augment: as evaluated).")
     batch_size: int = option(256, "Batch size of the evaluation.", range=AT_LEAST_1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N.")
     space: str = option("ordered", "Plans to evaluate.", choices=_spaces, what="space")

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 import loafing.methods  # noqa: F401  (rows carry the registered methods' styles and run columns)
 from loafing.bn import has_batchnorm
 from loafing.checkpoint import LoadedModel, load_model
-from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
+from loafing.data import DataSplits, calibration_images, load_dataset, make_loader
 from loafing.distributed import World, process_device, shared_error
 from loafing.errors import LoafingError
 from loafing.eval_config import EvalConfig
@@ -106,16 +106,16 @@ def calibration_loader(model: StagedModel, data: DataSplits, evaluation: EvalCon
     """The seeded training images that recalibrate BN before each evaluation, or None when nothing is recalibrated."""
     if not recalibrates(model, evaluation):
         return None
-    return make_loader(seeded_subset(data.train_plain, evaluation.calib_size, evaluation.calib_seed),
+    return make_loader(calibration_images(data, evaluation.calib_size, evaluation.calib_seed, evaluation.calib_augment),
                        evaluation.batch_size)
 
 
 def calibration_columns(model: StagedModel, data: DataSplits, evaluation: EvalConfig) -> dict[str, Any]:
-    """The calibration columns of an evaluation's rows: recalibrated, calib_size, calib_seed."""
+    """The calibration columns of an evaluation's rows: recalibrated, calib_size, calib_seed, calib_augmented."""
     recalibrated = recalibrates(model, evaluation)
     return {"recalibrated": recalibrated,
             "calib_size": min(evaluation.calib_size, len(data.train_plain)) if recalibrated else 0,
-            "calib_seed": evaluation.calib_seed}
+            "calib_seed": evaluation.calib_seed, "calib_augmented": recalibrated and evaluation.calib_augment}
 
 
 def measure_plans(loaded: LoadedModel, plans: Sequence[Plan], data: DataSplits, evaluation: EvalConfig, *,

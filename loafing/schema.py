@@ -51,7 +51,9 @@ ARCHITECTURE_COLUMN = {"architecture": TEXT}
 GRANULARITY_COLUMN = {"granularity": TEXT}
 OLD_GRANULARITY = "block"  # the view of every table and KL record written before the unit view existed
 METRIC_COLUMNS = {"top1": FLOAT, "top5": FLOAT, "loss": FLOAT, "n_examples": INT, "kl": FLOAT}
-CALIBRATION_COLUMNS = {"recalibrated": BOOL, "calib_size": INT, "calib_seed": INT}
+CALIBRATION_COLUMNS = {"recalibrated": BOOL, "calib_size": INT, "calib_seed": INT, "calib_augmented": BOOL}
+# Before 2026-12-03 the calibration images were drawn without the training augmentation.
+OLD_CALIB_AUGMENTED = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,8 @@ def migrated(df: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
     its methods' styles of then (`loafing.legacy`) and the columns only ST read emptied in other rows (CT rows once
     carried lam=1.0); a registered method's column a table lacks gets the default in that method's rows; the plans
     of a `table` that names them but lacks `architecture` get an empty one, and lacking `granularity`, "block"; a
-    table without `variant`, an empty one."""
+    table without `variant`, an empty one;
+    one with calibration columns but no `calib_augmented`, False (its calibration images were not augmented)."""
     if "method" not in df.columns:
         return df
     df = df.copy()
@@ -194,6 +197,8 @@ def migrated(df: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
         df["architecture"] = ""  # written before plans had a name
     if table is not None and "granularity" in TABLES[table].columns and "granularity" not in df.columns:
         df["granularity"] = OLD_GRANULARITY
+    if "recalibrated" in df.columns and "calib_augmented" not in df.columns:
+        df["calib_augmented"] = OLD_CALIB_AUGMENTED
     if "variant" not in df.columns:
         df["variant"] = ""  # written before variants were told apart (committed tables: rewritten with theirs)
     return df

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from loafing.bn import has_batchnorm, recalibrate_bn, synchronized_bn
 from loafing.config import AMP_DTYPES, TrainConfig
-from loafing.data import images_only, make_loader, seeded_subset
+from loafing.data import calibration_images, images_only, make_loader, seeded_subset
 from loafing.distributed import (World, agree, all_reduce_sum, current_world, process_device,
                                  process_group, shared_error, shared_tasks)
 from loafing.errors import LoafingError
@@ -111,7 +111,7 @@ def reestimate_bn(run: Run, epoch: int) -> None:
     """Replace the main network's running BN statistics by those of `bn_reestimate` training images (a fresh
     seeded subset each epoch). Training normalizes with batch statistics, so the weights are unchanged; what
     changes is what the checkpoint holds and what the running-BN test accuracy measures."""
-    images = seeded_subset(run.data.train_plain, run.config.bn_reestimate, run.config.seed + epoch)
+    images = calibration_images(run.data, run.config.bn_reestimate, run.config.seed + epoch)
     plan = run.trained_plan or run.model.layout.main_plan
     with untouched_rng(run.device):
         recalibrate_bn(run.model, plan, images_only(make_loader(images, run.config.eval_batch_size)), run.device)

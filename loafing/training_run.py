@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from loafing.bn import set_bn_momentum
 from loafing.config import TrainConfig, validate_config, with_method_defaults
-from loafing.data import DataSplits, load_dataset, make_loader, seeded_subset
+from loafing.data import DataSplits, calibration_images, load_dataset, make_loader
 from loafing.device_data import DeviceBatches, resident_split
 from loafing.distributed import World, barrier
 from loafing.errors import LoafingError, LoafingWarning
@@ -192,7 +192,7 @@ def build_run(config: TrainConfig, world: World = World(), device: torch.device 
         scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
         train_loader=train_loader,
         test_loader=make_loader(data.test, config.eval_batch_size, workers=config.workers),
-        calib_loader=make_loader(seeded_subset(data.train_plain, config.monitor_calib_size, config.seed),
+        calib_loader=make_loader(calibration_images(data, config.monitor_calib_size, config.seed),
                                  config.eval_batch_size),
         rng=rng, trained_plan=trained_plan(model, config),
         kl_plans=kl_trajectory_plans(model, config) if config.kl_every else [], memory_format=memory_format)

@@ -2,6 +2,7 @@ import copy
 import random
 
 import pandas as pd
+from PIL import Image
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,7 @@ from torch import nn
 
 from loafing.bn import (batches_of_two_or_more, batchnorms, frozen_bn_stats, preserved_bn_state, recalibrate_bn,
                         synchronized_bn)
-from loafing.data import images_only, make_loader, seeded_subset
+from loafing.data import calibration_images, images_only, load_dataset, make_loader, seeded_subset
 from loafing.errors import LoafingError
 from loafing.models import MODELS, StagedModel, create_model
 from loafing.segments import is_segment_aware
@@ -268,3 +269,33 @@ def test_odd_calibration_and_batch_sizes_from_the_command_line(run_cli, tmp_path
         assert code == 2 and err.strip().splitlines() == [
             f"loafing: error: {flag} must be at least 2 (BatchNorm cannot train on one image), got 1"]
         assert not (tmp_path / "run").exists()
+
+
+def test_calibration_images_are_training_crops_and_flips_drawn_once_per_seed(tmp_path):
+    """Each calibration image is its stored image shifted within the recipe's 4-pixel zero padding and maybe
+    mirrored (checked by search over every shift and flip); every pass gives the same images, and training's
+    random stream is not touched."""
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for i in range(12):
+            (tmp_path / split / str(i % 2)).mkdir(parents=True, exist_ok=True)
+            pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=generator)
+            Image.fromarray(pixels.numpy()).save(tmp_path / split / str(i % 2) / f"{i}.png")
+    data = load_dataset("imagefolder", str(tmp_path), recipe="cifar")
+    calib = calibration_images(data, 8, seed=5)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = [calib[i][0] for i in range(len(calib))]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, calib[i][0]) for i, a in enumerate(first))
+    plain = calibration_images(data, 8, seed=5, augmented=False)
+    moved = 0
+    for image, (stored, _) in zip(first, (plain[i] for i in range(len(plain)))):
+        padded = F.pad(stored, (4, 4, 4, 4))
+        views = {(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+                 if torch.equal(image, (padded.flip(-1) if flip else padded)[:, dy:dy + 32, dx:dx + 32])}
+        assert views, "not a crop of the padded image, nor of its mirror"
+        moved += (4, 4, False) not in views
+    assert moved >= 6  # 81 x 2 equally likely views: at most a few of 8 images come out as stored
+    assert not all(torch.equal(a, b) for a, b in zip(first, (calibration_images(data, 8, seed=6)[i][0]
+                                                            for i in range(8))))

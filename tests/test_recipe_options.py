@@ -10,7 +10,7 @@ from torchvision.transforms import v2
 
 from loafing.bn import recalibrate_bn
 from loafing.config import make_train_config
-from loafing.data import load_dataset, make_loader, seeded_subset
+from loafing.data import calibration_images, load_dataset, make_loader
 from loafing.errors import LoafingError
 from loafing.train import build_run, train, train_one_epoch
 
@@ -72,7 +72,7 @@ def test_reestimating_bn_each_epoch_changes_the_checkpoints_statistics_not_the_w
         assert torch.equal(a[name], b[name]), name
     # Independently: the plain run's weights, BN re-estimated on the same 100 images (the seed + epoch subset).
     run.model.load_state_dict(a)
-    images = seeded_subset(run.data.train_plain, 100, plain.seed + 1)
+    images = calibration_images(run.data, 100, plain.seed + 1)
     recalibrate_bn(run.model, None, (x for x, _ in make_loader(images, 256)))
     expected = run.model.state_dict()
     means = [name for name in b if name.endswith("running_mean")]
