@@ -23,7 +23,7 @@ from loafing.figures import (  # noqa: E402
     table_main_and_subnetworks,
 )
 from loafing.figures.select import reference_lam, run_scheme  # noqa: E402
-from loafing.figures.style import Schemes, method_styles, schemes_of  # noqa: E402
+from loafing.figures.style import Schemes, figure_legend, method_styles, schemes_of  # noqa: E402
 from loafing.methods import METHODS  # noqa: E402
 from loafing.schema import TABLES, read_table  # noqa: E402
 
@@ -520,3 +520,19 @@ def test_figures_command_prints_paths_and_fails_with_exit_2(results, tmp_path, r
     assert code == 2 and "is_main" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("figures", "--results", results, "--out", tmp_path, "--only", "fig99")
     assert code == 2 and "unknown figure 'fig99'; valid choices: fig1, inside, fig4" in err
+
+
+def test_figure_legend_wraps_into_rows_when_its_labels_would_run_off_the_figure():
+    fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
+    labels = [f"inside resnet20-cifar ({name})" for name in ("CT", "ST", "ST (stochastic)", "ST++ [subnets=4]")]
+    for i, label in enumerate(labels):
+        ax.plot([0, 1], [i, i], label=label)
+    try:
+        figure_legend(fig, [ax])
+        legend = fig.legends[0]
+        renderer = fig.canvas.get_renderer()
+        assert len(fig.legends) == 1 and [t.get_text() for t in legend.get_texts()] == labels
+        assert 1 < legend._ncols < len(labels)
+        assert legend.get_window_extent(renderer).width <= fig.bbox.width
+    finally:
+        plt.close(fig)

@@ -52,12 +52,16 @@ def plot_trajectories(log: pd.DataFrame) -> Figure:
                      errorbar="sd", ax=ax)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-    for scheme in hue_order:
-        mean_per_epoch = rows[rows["scheme"] == scheme].groupby("epoch")["test_top1_recalibrated"].mean()
-        best_epoch = mean_per_epoch.idxmax()
-        axes[1].scatter([best_epoch], [mean_per_epoch[best_epoch]], marker="*", s=160, color=palette[scheme],
-                        edgecolor="black", linewidth=0.5, zorder=3)
-        axes[1].annotate(f"{mean_per_epoch[best_epoch]:.2f}", (best_epoch, mean_per_epoch[best_epoch]),
-                         textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
+    per_epoch = rows.groupby(["scheme", "epoch"])["test_top1_recalibrated"].mean()
+    best = {scheme: per_epoch[scheme].idxmax() for scheme in hue_order}
+    # The best values often lie a fraction of a point apart at the same epoch: the highest is labelled above its
+    # star, the others stacked below theirs, so no two labels overlap.
+    for rank, scheme in enumerate(sorted(hue_order, key=lambda s: -per_epoch[s][best[s]])):
+        epoch, value = best[scheme], per_epoch[scheme][best[scheme]]
+        axes[1].scatter([epoch], [value], marker="*", s=160, color=palette[scheme], edgecolor="black",
+                        linewidth=0.5, zorder=3)
+        axes[1].annotate(f"{value:.2f}", (epoch, value), textcoords="offset points", ha="center", fontsize=7,
+                         color=palette[scheme], xytext=(0, 7) if rank == 0 else (0, -9 - 9 * rank),
+                         va="bottom" if rank == 0 else "top")
     figure_legend(fig, list(axes))
     return fig
