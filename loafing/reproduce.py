@@ -113,7 +113,8 @@ def default_jobs(device: str) -> int:
 def estimated_cost(spec: RunSpec, preset: Preset) -> float:
     """Rough cost of a run in main-network image passes (each method counted at its cost relative to CT)."""
     config = spec.config
-    factor = get_method(config.method).relative_cost
+    method = get_method(config.method)
+    factor = method.run_cost(with_method_defaults(config).method_options) if method.run_cost else method.relative_cost
     if config.plan:
         factor *= 0.5  # a sub-network alone is shallower; a rough guess, only used to order and estimate
     return config.epochs * preset.train_images * factor
@@ -166,7 +167,8 @@ def dry_run_text(preset: Preset) -> str:
     lines.append(f"figures: {figures}")
     if "image_passes" in plan:
         methods = [m for m in METHODS if m in set(plan["method"])]
-        costs = ", ".join(f"{m} {get_method(m).relative_cost:.2g}x" for m in methods)
+        costs = ", ".join(f"{m} {get_method(m).relative_cost:.2g}x"
+                          + (" at its defaults" if get_method(m).run_cost else "") for m in methods)
         line = (f"rough cost: {plan['image_passes'].astype(float).sum():.3g} image passes (each method at its "
                 f"training cost relative to CT: {costs})")
         if "paper_gpu_hours" in plan:

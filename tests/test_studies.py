@@ -13,7 +13,7 @@ import pytest
 from loafing.config import make_train_config
 from loafing.errors import LoafingError
 from loafing.eval_config import EvalConfig
-from loafing.reproduce import dry_run_text
+from loafing.reproduce import describe_plan, dry_run_text
 from loafing.studies import builtin_study, load_study, studies_folder, study_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +182,19 @@ def test_dry_run_costs_each_method_at_its_registered_relative_cost(monkeypatch):
     assert "ST 1.4x" not in text and "st 1.4x" in text and "GPU-hours" in text
     monkeypatch.setitem(METHODS, "st", dataclasses.replace(get_method("st"), relative_cost=2.0))
     assert "st 2x" in dry_run_text(builtin_study("paper-mbv3-cifar100-appendix"))
+
+
+def test_dry_run_costs_st_plus_plus_by_its_options():
+    preset = builtin_study("st-plus-ablation-cifar10")
+    passes = describe_plan(preset).set_index("run")["image_passes"].astype(float)
+    per_ct = passes / passes["ct-seed0"]
+    assert per_ct["st-seed0"] == pytest.approx(1.4, abs=0.01)
+    assert per_ct["st-kl-norm-seed0"] == pytest.approx(per_ct["st-seed0"], abs=0.01)  # same passes as ST
+    assert per_ct["st-k4-seed0"] == pytest.approx(1 + 4 * 0.4, abs=0.01)  # four sub-networks, each ST's extra
+    # Sides uniform in [0.43, 1]: a mean area of 0.538 of the full input; the full-depth control doubles that.
+    assert per_ct["st-small-inputs-seed0"] == pytest.approx(1 + 0.4 * 0.538, abs=0.01)
+    assert per_ct["resolution-only-seed0"] == pytest.approx(1 + 0.8 * 0.538, abs=0.01)
+    assert "st++ 1.4x at its defaults" in dry_run_text(preset)
 
 
 @pytest.mark.parametrize("editable", [False, True], ids=["wheel", "editable"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -68,6 +68,8 @@ class TrainingMethod:
     check: Callable[[TrainConfig, torch.device | None, World], None] | None = None
     trains_plan: bool = False  # whether it can train a sub-network alone (`--plan`)
     relative_cost: float = 1.0  # training time relative to CT, for rough cost estimates (--dry-run) only
+    # A run's relative cost where its own options change it (given them, defaults filled); else relative_cost.
+    run_cost: Callable[[Mapping[str, Any]], float] | None = None
 
 
 METHODS: dict[str, TrainingMethod] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +169,15 @@ ST_PLUS_OPTIONS = ST_OPTIONS + (
                choices=lambda: list(SUB_DEPTHS), what="sub-network depth"),
 )
 
+def st_plus_cost(options: Mapping[str, Any]) -> float:
+    """Rough training time relative to CT: ST's extra 0.4 (paper Table r4) per sub-network, scaled by its input area
+    and doubled for the full-depth control (a sampled sub-network has about half the blocks)."""
+    low = options["sub_resize_min"]
+    mean_area = (1 + low + low * low) / 3  # the mean of side² for a side drawn uniformly from [low, 1]
+    depth = 2.0 if options["sub_depth"] == "full" else 1.0
+    return 1 + 0.4 * options["subnets"] * mean_area * depth
+
+
 register_method(TrainingMethod(
     "st++", "ST++", "#dd8452", "stimulative training with ST++'s ingredients: K sub-networks, KL on normalized "
     "logits, smaller inputs for the sub-networks, the resolution-only control (at its defaults: ST)",
@@ -176,4 +186,4 @@ register_method(TrainingMethod(
     run_columns={"lam": FLOAT, "space_size": OPTIONAL_INT, "sampling": TEXT},
     variant_options=("subnets", "subnet_reduction", "kl_logits", "ce_logits", "amplitude", "temperature",
                      "sub_resize_min", "sub_depth"),
-    check=check_st_plus, relative_cost=1.4))  # at its defaults; K sub-networks cost about K times ST's extra
+    check=check_st_plus, relative_cost=1.4, run_cost=st_plus_cost))
