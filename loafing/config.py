@@ -75,7 +75,8 @@ class TrainConfig:
     lr_step: str = option("epoch", "When the cosine schedule steps: every epoch, or every iteration (the ST++ "
                           "recipe).", choices=lambda: ["epoch", "iteration"], what="schedule step")
     bn_reestimate: int = option(0, "After every epoch, re-estimate the main network's BN running statistics on this "
-                                "many seeded training images, augmented as in training (0: never; the ST++ recipe: 2000).", range=NON_NEGATIVE)
+                                "many seeded training images, augmented as in training (0: never; the ST++ recipe: "
+                                "2000).", range=NON_NEGATIVE)
     train_image_size: int | None = option(None, "Side of the training crops, if not --image-size (the ST++ ImageNet "
                                           "recipe: 200 for a 224 test crop).", range=Range(1, 1024))
     eval_resize: int | None = option(None, "Side the evaluation resizes to before its center crop; default: the "
@@ -94,8 +95,8 @@ class TrainConfig:
     device: str = option("auto", "auto | cpu | cuda | cuda:N.")
     workers: int = option(0, "DataLoader worker processes.", range=NON_NEGATIVE)
     eval_batch_size: int = option(256, "Batch size of the evaluations.", range=AT_LEAST_1)
-    monitor_calib_size: int = option(500, "Training images (augmented) recalibrating BN for the per-epoch test accuracy and "
-                                     "the KL trajectory.", range=Range(2, text="at least 2 (BN statistics need two)"))
+    monitor_calib_size: int = option(500, "Training images (augmented) recalibrating BN for the per-epoch test "
+                                     "accuracy and the KL trajectory.", range=Range(2, text="at least 2 (BN statistics need two)"))
     plan: str | None = option(None, 'Train this sub-network alone (a method that can, e.g. common training), e.g. '
                               '"[1] [3,4] [6,7,8] [10] [12,13]".')
     kl_every: int = option(0, "Every N epochs (and at the end) record each plan's KL to the main network; 0: off.",
