@@ -29,6 +29,8 @@ BASE_RUN_COLUMNS: dict[str, str] = {
     # kl_logits=normalized"; empty at the defaults): runs of one method in other variants are other schemes.
     "variant": TEXT,
 }
+# What tells runs apart in a table: a run's name alone does not (two studies of other models may both have a "ct").
+RUN_KEY = ("run", "model", "width_mult", "method", "seed", "dataset", "trained_plan")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Table:
     name: str
     file: str
     columns: Mapping[str, str]
+    key: tuple[str, ...] = ()  # the columns that name a row: a tidy table holds one row per key (empty: no key)
 
     def dtypes(self) -> dict[str, str]:
         """Every column of the table, run columns first, with its type."""
@@ -71,7 +74,7 @@ class Table:
 
 TABLES: dict[str, Table] = {t.name: t for t in (
     Table("measure", "measure.csv", {**GRANULARITY_COLUMN, **PLAN_COLUMNS, **ARCHITECTURE_COLUMN, **METRIC_COLUMNS,
-                                     **CALIBRATION_COLUMNS, "space": TEXT}),
+                                     **CALIBRATION_COLUMNS, "space": TEXT}, key=(*RUN_KEY, "granularity", "plan")),
     Table("destruct", "destruct.csv", {
         "mode": TEXT, "n": INT, "layers": TEXT, **GRANULARITY_COLUMN, **PLAN_COLUMNS, **ARCHITECTURE_COLUMN,
         "top1": FLOAT, "drop": FLOAT, "top5": FLOAT, "loss": FLOAT, "n_examples": INT, "kl": FLOAT,
@@ -211,6 +214,13 @@ def _fill(df: pd.DataFrame, name: str, owned: pd.Series, default: Any) -> None:
     elif (~owned).any():
         text = df[name].dtype == object and df[name].map(lambda v: isinstance(v, str)).any()  # cells read as text
         df.loc[~owned, name] = "" if text else None
+
+
+def one_row_per_key(df: pd.DataFrame, table: str) -> pd.DataFrame:
+    """`df` with one row per key of `table`, the first of each (the inside-vs-alone grid measures again plans a run's
+    own measurement has: counted twice, they would weigh twice in every mean over a run's sub-networks)."""
+    key = [column for column in TABLES[table].key if column in df.columns]
+    return df.drop_duplicates(key, ignore_index=True) if key else df
 
 
 def write_table(df: pd.DataFrame, path: str | Path, table: str) -> None:

@@ -17,7 +17,7 @@ from loafing.influence import block_influence
 from loafing.inside import inside_vs_alone, load_family, loafing_gaps
 from loafing.io import write_json
 from loafing.measure import evaluation_data, measure_plans, plans_to_measure
-from loafing.schema import TABLES, read_table, run_identifiers, write_table
+from loafing.schema import TABLES, one_row_per_key, read_table, run_identifiers, write_table
 from loafing.studies import Preset, RunSpec
 from loafing.run_state import CHECKPOINT_NAME, CONFIG_NAME, KL_NAME, LOG_NAME, load_config
 
@@ -153,5 +153,5 @@ def collect_results(folders: Sequence[Path], results_dir: Path) -> dict[str, Pat
         parts = [part.assign(variant=part["run"].map(variants).fillna(part["variant"])) for part in parts]
         if parts:
             written[table] = results_dir / TABLES[table].file
-            write_table(pd.concat(parts, ignore_index=True), written[table], table)
+            write_table(one_row_per_key(pd.concat(parts, ignore_index=True), table), written[table], table)
     return written

@@ -536,3 +536,23 @@ def test_figure_legend_wraps_into_rows_when_its_labels_would_run_off_the_figure(
         assert legend.get_window_extent(renderer).width <= fig.bbox.width
     finally:
         plt.close(fig)
+
+
+def test_plans_measured_again_by_the_inside_grid_count_once(tmp_path):
+    # A study with an [inside] grid collects each host's sub-networks twice: from its own measurement (space
+    # "ordered") and from the grid (space "inside"), with the same numbers. Tables must not weigh them twice.
+    measure = measure_rows()
+    again = measure[measure["run"].isin(["ct-s0", "st-s0"]) & measure["plan"].isin(["[1] [3]", "[1,2] [3]"])]
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    once.mkdir(), twice.mkdir()
+    measure.to_csv(once / "measure.csv", index=False)
+    pd.concat([measure, again.assign(space="inside")]).to_csv(twice / "measure.csv", index=False)
+    names = ["table1", "tabler3", "ablation"]
+    make_figures(once, once / "out", names)
+    make_figures(twice, twice / "out", names)
+    for name in names:
+        assert (twice / "out" / f"{name}.md").read_text() == (once / "out" / f"{name}.md").read_text()
+    # The test is not empty: counted twice, the two plans would move CT's sub-network mean.
+    ct = pd.concat([measure, again])
+    ct = ct[(ct["run"] == "ct-s0") & ~ct["is_main"]]["top1"]
+    assert ct.mean() != pytest.approx(ct.drop_duplicates().mean())

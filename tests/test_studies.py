@@ -14,6 +14,7 @@ from loafing.config import make_train_config
 from loafing.errors import LoafingError
 from loafing.eval_config import EvalConfig
 from loafing.reproduce import describe_plan, dry_run_text
+from loafing.schema import read_table, write_table
 from loafing.studies import builtin_study, load_study, studies_folder, study_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,3 +257,28 @@ def test_a_study_builds_library_networks_with_their_builder_arguments(tmp_path):
 
     assert create_model("timm:vit_tiny_patch16_224", 10, model_args=study.runs[2].config.model_args).layout.stage_sizes \
         == (3,)
+
+
+def test_collected_measure_table_keeps_one_row_per_run_and_plan(tmp_path):
+    from loafing.study_results import collect_results
+
+    def rows(run: str, plans: list[str], space: str, top1: float) -> pd.DataFrame:
+        return pd.DataFrame({"run": run, "model": "toynet", "width_mult": 1.0, "method": "ct", "seed": 0,
+                             "dataset": "digits", "trained_plan": "", "variant": "", "granularity": "block",
+                             "plan": plans, "depths": "", "n_blocks": 0, "is_main": [p == "[1,2] [3,4]" for p in plans],
+                             "architecture": "", "top1": top1, "top5": 99.0, "loss": 0.5, "n_examples": 100,
+                             "kl": 0.0, "recalibrated": True, "calib_size": 50, "calib_seed": 0,
+                             "calib_augmented": True, "space": space})
+
+    run, grid = tmp_path / "runs" / "ct", tmp_path / "inside"
+    run.mkdir(parents=True), grid.mkdir()
+    own = rows("ct", ["[1] [3]", "[1,2] [3]", "[1] [3,4]", "[1,2] [3,4]"], "ordered", 60.0)
+    write_table(own, run / "measure.csv", "measure")
+    # The grid measures the host's ResNet-8-like sub-network and main network again, and a network alone.
+    write_table(pd.concat([rows("ct", ["[1] [3]", "[1,2] [3,4]"], "inside", 60.0),
+                           rows("alone", ["[1] [3]"], "inside", 80.0)]), grid / "measure.csv", "measure")
+    collect_results([run, grid], tmp_path / "results")
+    collected = read_table(tmp_path / "results" / "measure.csv", "measure")
+    assert sorted(zip(collected["run"], collected["plan"])) == sorted(
+        [("ct", p) for p in own["plan"]] + [("alone", "[1] [3]")])
+    assert set(collected.loc[collected["run"] == "ct", "space"]) == {"ordered"}  # the run's own rows are kept

@@ -26,7 +26,7 @@ from loafing.figures.select import NotEnoughData, require_columns
 from loafing.figures.tables import (markdown_table, render_table, table_cost, table_inside_grid,
                                     table_loafing_gap, table_main_and_subnetworks, table_methods)
 from loafing.io import atomic_path
-from loafing.schema import TABLES, read_table
+from loafing.schema import TABLES, one_row_per_key, read_table
 
 RUN = ("run", "method", "seed", "trained_plan")  # what every figure needs to tell runs apart
 MEASURED = (*RUN, "plan", "is_main", "top1")
@@ -146,6 +146,11 @@ def _write_text(text: str, path: Path) -> None:
         tmp.write_text(text)
 
 
+def _read(path: Path, table: str) -> pd.DataFrame:
+    """A results table as the figures take it: one row per key (a plan measured twice counts once)."""
+    return one_row_per_key(read_table(path, table, required=()), table)
+
+
 def make_figures(results_dir: str | Path, out_dir: str | Path,
                  names: Sequence[str] | None = None) -> list[FigureOutcome]:
     """Draw the named (default: all) figures and tables from the CSVs in `results_dir` into `out_dir`."""
@@ -164,7 +169,7 @@ def make_figures(results_dir: str | Path, out_dir: str | Path,
             outcomes.append(FigureOutcome(name, [], f"{file} not found"))
             continue
         if spec.table not in tables:
-            tables[spec.table] = read_table(results_dir / file, spec.table, required=())
+            tables[spec.table] = _read(results_dir / file, spec.table)
         data = tables[spec.table]
         if data.empty:
             outcomes.append(FigureOutcome(name, [], f"{file} has no rows"))
@@ -173,7 +178,7 @@ def make_figures(results_dir: str | Path, out_dir: str | Path,
         for extra in spec.also:
             if extra not in tables:
                 path = results_dir / TABLES[extra].file
-                tables[extra] = (read_table(path, extra, required=()) if path.exists()
+                tables[extra] = (_read(path, extra) if path.exists()
                                  else pd.DataFrame(columns=list(TABLES[extra].dtypes())))
         for suffix, context, keys, rows in split_groups(data, spec.group_by):
             try:
