@@ -96,7 +96,8 @@ class TrainConfig:
     workers: int = option(0, "DataLoader worker processes.", range=NON_NEGATIVE)
     eval_batch_size: int = option(256, "Batch size of the evaluations.", range=AT_LEAST_1)
     monitor_calib_size: int = option(500, "Training images (augmented) recalibrating BN for the per-epoch test "
-                                     "accuracy and the KL trajectory.", range=Range(2, text="at least 2 (BN statistics need two)"))
+                                     "accuracy and the KL trajectory.",
+                                     range=Range(2, text="at least 2 (BN statistics need two)"))
     plan: str | None = option(None, 'Train this sub-network alone (a method that can, e.g. common training), e.g. '
                               '"[1] [3,4] [6,7,8] [10] [12,13]".')
     kl_every: int = option(0, "Every N epochs (and at the end) record each plan's KL to the main network; 0: off.",

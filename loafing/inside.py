@@ -57,6 +57,12 @@ def load_family(checkpoints: Sequence[str], dataset: str | None = None, data_dir
         networks.append(load_model(path, model or None, unsafe_load=unsafe_load, granularity=granularity))
     if not networks:
         raise LoafingError("give at least two checkpoints: a smaller network and one it fits inside")
+    names = [network.config.get("run") for network in networks]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:  # the tables tell networks apart by their run name
+        paths = [text.rpartition("=")[2] for text, name in zip(checkpoints, names) if name == twice]
+        raise LoafingError(f"two checkpoints are both named {twice!r} ({', '.join(paths)}); rename a file or run "
+                           "folder so that each network has a name of its own")
     views = sorted({n.model.granularity for n in networks})
     if len(views) > 1:  # a plan's depths count blocks in one view and units in the other: they do not compare
         raise LoafingError(f"the checkpoints were trained in different views ({', '.join(views)}); give "

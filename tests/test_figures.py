@@ -556,3 +556,20 @@ def test_plans_measured_again_by_the_inside_grid_count_once(tmp_path):
     ct = pd.concat([measure, again])
     ct = ct[(ct["run"] == "ct-s0") & ~ct["is_main"]]["top1"]
     assert ct.mean() != pytest.approx(ct.drop_duplicates().mean())
+
+
+def test_figure_legend_keeps_an_explicit_column_count_and_needs_no_agg_canvas():
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    FigureCanvasSVG(fig)  # a canvas without get_renderer, as under MPLBACKEND=svg
+    for i in range(4):
+        ax.plot([0, 1], [i, i], label=f"a long label for the line number {i}")
+    try:
+        figure_legend(fig, [ax], ncols=4)
+        assert len(fig.legends) == 1 and fig.legends[0]._ncols == 4
+        fig.legends[0].remove()
+        figure_legend(fig, [ax])
+        assert len(fig.legends) == 1 and fig.legends[0]._ncols < 4
+    finally:
+        plt.close(fig)

@@ -10,6 +10,7 @@ from loafing.data import load_dataset, make_loader, seeded_subset
 from loafing.evaluate import evaluate_plans_one_by_one
 from loafing.figures import FIGURES, make_figures
 from loafing.influence import block_influence
+from loafing.inside import load_family
 from loafing.models import create_model
 from loafing.errors import LoafingError
 from loafing.measure import measure_plans
@@ -230,3 +231,11 @@ def test_quick_preset_shows_the_papers_qualitative_results(tmp_path):
     alone = measure[measure["trained_plan"].notna()].set_index("plan")["top1"]
     inside_ct = full[full["method"] == "ct"].groupby("plan")["top1"].mean()
     assert (alone > inside_ct[alone.index]).all()  # loafing: worse inside than alone
+
+
+def test_a_family_with_two_networks_of_one_name_is_refused(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    small = foreign_checkpoint(tmp_path / "a" / "model_best.th", "resnet20-cifar")
+    big = foreign_checkpoint(tmp_path / "b" / "model_best.th", "resnet32-cifar")
+    with pytest.raises(LoafingError, match="two checkpoints are both named 'model_best' .*a/model_best.th.*b/"):
+        load_family([f"resnet20-cifar={small}", f"resnet32-cifar={big}"], "digits")

@@ -14,7 +14,7 @@ from loafing.config import make_train_config
 from loafing.errors import LoafingError
 from loafing.eval_config import EvalConfig
 from loafing.reproduce import describe_plan, dry_run_text
-from loafing.schema import read_table, write_table
+from loafing.schema import one_row_per_key, read_table, write_table
 from loafing.studies import builtin_study, load_study, studies_folder, study_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,3 +282,21 @@ def test_collected_measure_table_keeps_one_row_per_run_and_plan(tmp_path):
     assert sorted(zip(collected["run"], collected["plan"])) == sorted(
         [("ct", p) for p in own["plan"]] + [("alone", "[1] [3]")])
     assert set(collected.loc[collected["run"] == "ct", "space"]) == {"ordered"}  # the run's own rows are kept
+
+
+def test_one_row_per_key_drops_repeats_keeps_other_runs_and_refuses_two_networks_under_one_name():
+    def row(top1: float, **ids) -> dict:
+        return {"run": "model_best", "model": "resnet20-cifar", "width_mult": 1.0, "method": "external",
+                "seed": None, "dataset": "cifar10", "trained_plan": "", "granularity": "block", "plan": "[1] [4] [7]",
+                "top1": top1, "n_examples": 10_000, "recalibrated": True, "calib_size": 2000, "calib_seed": 0,
+                "calib_augmented": True, **ids}
+
+    # A repeat within one test image (a GPU's nondeterminism) is one measurement; other models and seeds are kept.
+    table = pd.DataFrame([row(80.0), row(80.01), row(70.0, model="resnet32-cifar"), row(75.0, seed=0)])
+    assert one_row_per_key(table, "measure")["top1"].tolist() == [80.0, 70.0, 75.0]
+    assert len(one_row_per_key(table.drop(columns="plan"), "measure")) == 4  # no full key: nothing to drop
+    with pytest.raises(LoafingError, match=r"run 'model_best' holds two different measurements of plan "
+                                           r"\[1\] \[4\] \[7\] \(80.00%, 88.00%\)"):
+        one_row_per_key(pd.DataFrame([row(80.0), row(88.0)]), "measure")
+    with pytest.raises(LoafingError, match="two different measurements"):  # the same top-1, calibrated otherwise
+        one_row_per_key(pd.DataFrame([row(80.0), row(80.0, calib_augmented=False)]), "measure")

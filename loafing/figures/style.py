@@ -170,10 +170,9 @@ def figure_legend(fig: Figure, axes: Sequence[Axes], ncols: int | None = None) -
             ax.get_legend().remove()
     if not handles:
         return
-    renderer = fig.canvas.get_renderer()
     for columns in [ncols] if ncols else range(min(len(labels), 6), 0, -1):
         legend = fig.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
         # Long labels in one row run off the figure's edges; fewer columns, more rows, until the legend fits.
-        if legend.get_window_extent(renderer).width <= fig.bbox.width or columns == 1:
+        if ncols or columns == 1 or legend.get_window_extent().width <= fig.bbox.width:
             return
         legend.remove()

@@ -20,7 +20,7 @@ from loafing.config import POSITIVE, OptionSpec, Range, TrainConfig
 from loafing.distributed import World
 from loafing.errors import LoafingError
 from loafing.methods.ct_st import ST_OPTIONS, check_st, forward_with_subnetwork, kl_to_teacher, plan_sampler
-from loafing.methods.registry import StepResult, TrainingMethod, TrainingStep, register_method
+from loafing.methods.registry import StepResult, TrainingMethod, TrainingStep, get_method, register_method
 from loafing.models import StagedModel
 from loafing.plans import Plan
 from loafing.schema import FLOAT, OPTIONAL_INT, TEXT
@@ -169,13 +169,14 @@ ST_PLUS_OPTIONS = ST_OPTIONS + (
                choices=lambda: list(SUB_DEPTHS), what="sub-network depth"),
 )
 
+
 def st_plus_cost(options: Mapping[str, Any]) -> float:
-    """Rough training time relative to CT: ST's extra 0.4 (paper Table r4) per sub-network, scaled by its input area
-    and doubled for the full-depth control (a sampled sub-network has about half the blocks)."""
+    """Rough training time relative to CT: ST's extra per sub-network, scaled by its input area and doubled for the
+    full-depth control (a sampled sub-network has about half the blocks)."""
     low = options["sub_resize_min"]
     mean_area = (1 + low + low * low) / 3  # the mean of side² for a side drawn uniformly from [low, 1]
     depth = 2.0 if options["sub_depth"] == "full" else 1.0
-    return 1 + 0.4 * options["subnets"] * mean_area * depth
+    return 1 + (get_method("st").relative_cost - 1) * options["subnets"] * mean_area * depth
 
 
 register_method(TrainingMethod(
