@@ -17,7 +17,8 @@ from loafing.influence import block_influence
 from loafing.inside import inside_vs_alone, load_family, loafing_gaps
 from loafing.io import write_json
 from loafing.measure import evaluation_data, measure_plans, plans_to_measure
-from loafing.schema import TABLES, one_row_per_key, read_table, run_identifiers, write_table
+from loafing.schema import TABLES, read_table, run_identifiers, write_table
+from loafing.table_keys import one_row_per_key
 from loafing.studies import Preset, RunSpec
 from loafing.run_state import CHECKPOINT_NAME, CONFIG_NAME, KL_NAME, LOG_NAME, load_config
 

@@ -14,7 +14,8 @@ from loafing.config import make_train_config
 from loafing.errors import LoafingError
 from loafing.eval_config import EvalConfig
 from loafing.reproduce import describe_plan, dry_run_text
-from loafing.schema import one_row_per_key, read_table, write_table
+from loafing.schema import read_table, write_table
+from loafing.table_keys import one_row_per_key
 from loafing.studies import builtin_study, load_study, studies_folder, study_names
 
 ROOT = Path(__file__).resolve().parents[1]

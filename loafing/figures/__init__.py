@@ -26,7 +26,8 @@ from loafing.figures.select import NotEnoughData, require_columns
 from loafing.figures.tables import (markdown_table, render_table, table_cost, table_inside_grid,
                                     table_loafing_gap, table_main_and_subnetworks, table_methods)
 from loafing.io import atomic_path
-from loafing.schema import TABLES, one_row_per_key, read_table
+from loafing.schema import TABLES, read_table
+from loafing.table_keys import one_row_per_key
 
 RUN = ("run", "method", "seed", "trained_plan")  # what every figure needs to tell runs apart
 MEASURED = (*RUN, "plan", "is_main", "top1")
