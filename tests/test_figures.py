@@ -20,9 +20,10 @@ from loafing.figures import (  # noqa: E402
     make_figures,
     plot_inside_vs_alone,
     table_cost,
+    table_inside_grid,
     table_main_and_subnetworks,
 )
-from loafing.figures.select import reference_lam, run_scheme  # noqa: E402
+from loafing.figures.select import ordered_plan_rows, reference_lam, run_scheme  # noqa: E402
 from loafing.figures.style import Schemes, figure_legend, method_styles, schemes_of  # noqa: E402
 from loafing.methods import METHODS  # noqa: E402
 from loafing.schema import TABLES, read_table  # noqa: E402
@@ -343,7 +344,9 @@ def test_unknown_name_lists_valid_names(results, tmp_path):
 def test_fig1_across_cifar_resnets_labels_architectures():
     # ResNet-20 trained on its own; its architecture (depths 3-3-3) is also a sub-network of two ResNet-32 runs.
     def row(run, model, depths, is_main, top1):  # `architecture`: what the writer's model spec called it
+        host = 5 if model == "resnet32-cifar" else 3
         return {**run_ids((run, "ct", 1.0, 0, "", ""), model=model), "depths": depths,
+                "plan": ordered_plan_text(depths, (host, host, host)),
                 "architecture": {"3-3-3": "ResNet20", "5-5-5": "ResNet32"}[depths],
                 "n_blocks": sum(map(int, depths.split("-"))), "is_main": is_main, "top1": top1}
     rows = [row("small", "resnet20-cifar", "3-3-3", True, 91.7)]
@@ -363,6 +366,7 @@ def test_fig1_shows_an_st_host_beside_the_ct_host_and_leaves_its_main_network_ou
     # The long CIFAR study's family: ResNet-20 by CT and by ST, and ResNet-8 (1-1-1) trained alone.
     def row(run, method, depths, is_main, top1, trained_plan=""):
         return {**run_ids((run, method, 1.0, 0, trained_plan, ""), model="resnet20-cifar"), "depths": depths,
+                "plan": ordered_plan_text(depths, (3, 3, 3)),
                 "architecture": {"1-1-1": "ResNet8", "3-3-3": "ResNet20"}[depths],
                 "n_blocks": sum(map(int, depths.split("-"))), "is_main": is_main, "top1": top1}
     rows = [row("alone-1-1-1", "ct", "1-1-1", True, 80.0, "[1] [4] [7]"),
@@ -376,6 +380,38 @@ def test_fig1_shows_an_st_host_beside_the_ct_host_and_leaves_its_main_network_ou
         assert heights == [30.0, 77.0, 80.0]  # one ResNet-8 bar per group; ST's main network is not "alone"
     finally:
         plt.close(fig)
+
+
+def ordered_plan_text(depths: str, stage_sizes: tuple[int, ...]) -> str:
+    """The ordered plan of `depths` ('1-1-2') in a body of `stage_sizes` blocks per stage, written by hand."""
+    firsts = np.cumsum((0, *stage_sizes[:-1])) + 1
+    return " ".join("[" + ",".join(str(first + i) for i in range(int(d))) + "]"
+                    for first, d in zip(firsts, depths.split("-")))
+
+
+def test_fig1_and_the_inside_grid_take_the_ordered_plan_of_a_host_measured_in_a_wider_space():
+    # A CT ResNet-20 measured in the stochastic space holds 27 plans of depths 1-1-1; only "[1] [4] [7]" is the
+    # ResNet-8 that Fig. 1 sets beside the ResNet-8 trained alone.
+    def row(run, plan, is_main, top1, trained_plan=""):
+        depths = "-".join(str(len(stage.split(","))) for stage in plan.split())
+        return {**run_ids((run, "ct", 1.0, 0, trained_plan, ""), model="resnet20-cifar"), "plan": plan,
+                "depths": depths, "architecture": "", "n_blocks": sum(map(int, depths.split("-"))),
+                "is_main": is_main, "top1": top1, "granularity": "block"}
+    rows = [row("alone", "[1] [4] [7]", True, 80.0, trained_plan="[1] [4] [7]"),
+            row("ct", "[1,2,3] [4,5,6] [7,8,9]", True, 88.0), row("ct", "[1] [4] [7]", False, 30.0),
+            row("ct", "[2] [5] [9]", False, 60.0), row("ct", "[3] [4] [8]", False, 50.0),
+            row("ct", "[1b] [4] [7]", False, 10.0)]
+    measure = pd.DataFrame(rows).assign(seed=np.nan)  # as a foreign checkpoint's rows: no seed
+    assert ordered_plan_text("1-1-1", (3, 3, 3)) == "[1] [4] [7]"
+    assert ordered_plan_rows(measure)["top1"].tolist() == [80.0, 88.0, 30.0]
+    fig = plot_inside_vs_alone(measure)
+    try:
+        heights = sorted(round(p.get_height(), 1) for p in fig.axes[0].patches if p.get_height() > 0)
+        assert heights == [30.0, 80.0]  # not the mean of every 1-1-1 plan (37.5)
+    finally:
+        plt.close(fig)
+    grid = table_inside_grid(measure).set_index("sub-network \\ main network")
+    assert grid.loc["1-1-1"].dropna().tolist() == [30.0, 80.0]
 
 
 def test_several_models_get_one_file_each(tmp_path):

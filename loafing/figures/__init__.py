@@ -60,10 +60,10 @@ class FigureOutcome:
 FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
     # Fig. 1 compares different host models, so only the data set splits it.
     FigureSpec("fig1", "Fig. 1: sub-networks inside bigger networks vs trained alone", "measure",
-               ("run", "model", "method", "trained_plan", "depths", "n_blocks", "is_main", "top1"),
+               ("run", "model", "method", "trained_plan", "plan", "depths", "n_blocks", "is_main", "top1"),
                plot_inside_vs_alone, "figure", group_by=("dataset",)),
     FigureSpec("inside", "Sub-networks (rows) inside main networks (columns), diagonal: on its own (Tables r5, r6)",
-               "measure", ("run", "model", "method", "trained_plan", "depths", "n_blocks", "is_main", "top1"),
+               "measure", ("run", "model", "method", "trained_plan", "plan", "depths", "n_blocks", "is_main", "top1"),
                table_inside_grid, "table", group_by=("dataset",)),
     FigureSpec("fig4", "Fig. 4: sub-networks inside the network", "measure", (*MEASURED, "n_blocks"),
                plot_subnetworks, "figure"),

@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 
 from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam,
                                     conventional_and_stimulative, conventionally_trained, full_runs, label_palette,
-                                    network_names, ordered_sampling, per_run_subnetwork_stats,
-                                    stimulative_hosts)
+                                    network_names, ordered_plan_rows, ordered_sampling,
+                                    per_run_subnetwork_stats, stimulative_hosts)
 from loafing.figures.style import (ALONE, ALONE_LABEL, CONVENTIONAL, STIMULATIVE, figure_legend, is_blank,
                                    schemes_of, use_style)
 
@@ -44,6 +44,7 @@ def plot_inside_vs_alone(measure: pd.DataFrame) -> Figure:
     main = ct["is_main"]
     alone = ct[main].assign(group=ALONE_LABEL)
     hosts = measure[measure.index.isin(ct.index) | measure.index.isin(stimulative_hosts(measure).index)]
+    hosts = ordered_plan_rows(hosts)
     inside = add_scheme(hosts[~hosts["is_main"] & is_blank(hosts["trained_plan"])])
     inside = inside[inside["depths"].isin(set(alone["depths"]))]
     if inside.empty or not inside.index.isin(ct.index).any():

@@ -15,6 +15,8 @@ from loafing.errors import LoafingError
 from loafing.figures.style import (ALONE, CONVENTIONAL, STIMULATIVE, Schemes, is_blank, is_blank_cell,
                                    method_styles, schemes_of)
 from loafing.method_styles import FOREIGN_METHOD
+from loafing.plans import parse_plan
+from loafing.schema import RUN_KEY
 
 
 class NotEnoughData(LoafingError):
@@ -77,6 +79,25 @@ def conventionally_trained(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of the conventional method's runs and of foreign checkpoints (trained the usual way): the networks whose
     sub-networks Fig. 1 and the inside grid show loafing."""
     return df[roles(df) == CONVENTIONAL]
+
+
+def ordered_plan_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose plan keeps, per stage, the first blocks of its run's main plan, in order: the sub-network that
+    Fig. 1 and the inside grid name by its depths (a run measured in the stochastic or raw space also holds other
+    plans of those depths)."""
+    if df.empty:
+        return df
+    key = df[[c for c in (*RUN_KEY, "granularity") if c in df.columns]]
+    runs = ["|".join(map(str, values)) for values in key.itertuples(index=False, name=None)]
+    is_main = df["is_main"].astype(bool).tolist()
+    mains = {run: parse_plan(str(plan)).stages for run, plan, main in zip(runs, df["plan"], is_main) if main}
+
+    def ordered(run: str, plan: str) -> bool:
+        main = mains.get(run)
+        stages = parse_plan(plan).stages
+        return main is None or (len(stages) == len(main) and all(s == m[:len(s)] for s, m in zip(stages, main)))
+
+    return df[[main or ordered(run, str(plan)) for run, plan, main in zip(runs, df["plan"], is_main)]]
 
 
 def ordered_sampling(df: pd.DataFrame) -> pd.Series:

@@ -7,8 +7,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam,
-                                    conventionally_trained, full_runs, network_names, per_plan_means,
-                                    per_run_subnetwork_stats)
+                                    conventionally_trained, full_runs, network_names, ordered_plan_rows,
+                                    per_plan_means, per_run_subnetwork_stats)
 from loafing.figures.style import CONVENTIONAL, is_blank, schemes_of, use_style
 from loafing.figures.stats import interval_text, mean_interval, p_text, paired_difference
 
@@ -100,7 +100,8 @@ def table_inside_grid(measure: pd.DataFrame) -> pd.DataFrame:
     architecture inside each bigger conventionally trained network; on the diagonal each network on its own,
     and a 'trained alone' column for sub-networks trained by themselves (`--plan`). Means over seeds."""
     rows = conventionally_trained(measure)
-    whole, alone = rows[is_blank(rows["trained_plan"])], rows[~is_blank(rows["trained_plan"])]
+    whole = ordered_plan_rows(rows[is_blank(rows["trained_plan"])])
+    alone = rows[~is_blank(rows["trained_plan"])]
     if whole.empty or not (~whole["is_main"]).any():
         raise NotEnoughData("no network measured inside a bigger one")
     mains = pd.concat([whole[whole["is_main"]], alone[alone["is_main"]]])
