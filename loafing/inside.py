@@ -17,7 +17,7 @@ from loafing.errors import LoafingError
 from loafing.eval_config import EvalConfig
 from loafing.io import check_output_folder
 from loafing.measure import (architecture_names, calibration_columns, calibration_loader, check_classes,
-                             evaluation_data, evaluation_device, measure_plans, trained_plan)
+                             evaluation_data, evaluation_device, evaluation_framing, measure_plans, trained_plan)
 from loafing.plan_tree import evaluate_plans
 from loafing.plans import Plan, ordered_plan
 from loafing.method_styles import method_style
@@ -70,9 +70,22 @@ def load_family(checkpoints: Sequence[str], dataset: str | None = None, data_dir
     if out_folder is not None and data_dir is None:
         check_output_folder(out_folder, folders=[networks[0].config.get("data_dir")])
     data = evaluation_data(networks[0], dataset, data_dir, False, image_size)
-    for loaded in networks[1:]:
+    data_set = dataset or networks[0].config.get("dataset") or "digits"
+    framing = evaluation_framing(networks[0], data_set, image_size)
+    for text, loaded in zip(checkpoints[1:], networks[1:]):
         check_classes(loaded, data)
+        other = evaluation_framing(loaded, data_set, image_size)
+        if other != framing:  # one set of test images serves the whole family: each must see them as it expects
+            raise LoafingError(f"{text.rpartition('=')[2]} expects its images framed otherwise ({_framing_text(other)})"
+                               f" than {checkpoints[0].rpartition('=')[2]} ({_framing_text(framing)}); measure "
+                               "networks that expect the same images together (--image-size sets one size for all)")
     return networks, data
+
+
+def _framing_text(framing: tuple[str, int | None, int | None, str]) -> str:
+    recipe, size, resize, interpolation = framing
+    return (f"{recipe} recipe, " + (f"{size} px" if size else "its own size") + (f", resize {resize}" if resize else "")
+            + f", {interpolation}")
 
 
 def inside_vs_alone(networks: Sequence[LoadedModel], data: DataSplits, evaluation: EvalConfig, *,

@@ -31,14 +31,23 @@ def evaluation_data(loaded: LoadedModel, dataset: str | None = None, data_dir: s
     in its model's input recipe at its training image size unless `image_size` says otherwise."""
     config = loaded.config
     dataset = dataset or config.get("dataset") or "digits"
-    image_size, eval_resize, interpolation = weights_framing(
-        config["model"], config.get("model_args"), config.get("weights"), dataset,
-        image_size or config.get("image_size"), config.get("eval_resize"))
-    data = load_dataset(dataset, data_dir or config.get("data_dir"), download,
-                        recipe_for(get_spec(config["model"], config.get("model_args")).recipe, image_size), image_size,
+    recipe, image_size, eval_resize, interpolation = evaluation_framing(loaded, dataset, image_size)
+    data = load_dataset(dataset, data_dir or config.get("data_dir"), download, recipe, image_size,
                         eval_resize=eval_resize, eval_interpolation=interpolation)
     check_classes(loaded, data)
     return data
+
+
+def evaluation_framing(loaded: LoadedModel, dataset: str, image_size: int | None = None
+                       ) -> tuple[str, int | None, int | None, str]:
+    """How a checkpoint's evaluation images are framed on `dataset`: input recipe, image size, evaluation resize and
+    its interpolation (its training size and its weights' framing unless `image_size` says otherwise)."""
+    config = loaded.config
+    size, eval_resize, interpolation = weights_framing(
+        config["model"], config.get("model_args"), config.get("weights"), dataset,
+        image_size or config.get("image_size"), config.get("eval_resize"))
+    recipe = recipe_for(get_spec(config["model"], config.get("model_args")).recipe, size)
+    return recipe, size, eval_resize, interpolation
 
 
 def check_classes(loaded: LoadedModel, data: DataSplits) -> None:

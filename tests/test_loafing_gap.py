@@ -10,6 +10,7 @@ from loafing.bn import preserved_bn_state, recalibrate_bn
 from loafing.checkpoint import load_model
 from loafing.config import make_train_config
 from loafing.data import make_loader, seeded_subset
+from loafing.errors import LoafingError
 from loafing.eval_config import EvalConfig
 from loafing.figures import make_figures
 from loafing.evaluate import predict
@@ -70,3 +71,16 @@ def test_the_gap_of_each_host_is_paired_over_the_test_images(family, tmp_path):
         assert f"{row['gap']:+.2f} [{row['gap_ci_low']:+.2f}, {row['gap_ci_high']:+.2f}]" in table
     assert "(ST)" in table and "(CT)" in table
 
+
+
+def test_a_family_whose_networks_expect_other_images_is_refused(family, tmp_path):
+    # One set of test images serves the whole family: a network trained on larger images would be measured on
+    # images framed for the first one.
+    checkpoint = torch.load(family[2], map_location="cpu", weights_only=True)
+    checkpoint["config"] = {**checkpoint["config"], "image_size": 16, "run": "r8-16px"}
+    torch.save(checkpoint, tmp_path / "r8-16px.pt")
+    with pytest.raises(LoafingError) as error:
+        load_family([family[0], str(tmp_path / "r8-16px.pt")])
+    message = str(error.value)
+    assert "r8-16px.pt" in message and "16 px" in message and "\n" not in message
+    assert len(load_family(family)[0]) == 3  # one training size for all: measured together
