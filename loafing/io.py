@@ -182,6 +182,7 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
     import fcntl
 
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / ".lock", "a+")
     try:
@@ -196,6 +197,13 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
         handle.truncate()
         handle.write(f"loafing process {os.getpid()}\n")
         handle.flush()
-        yield
+        try:
+            yield
+        finally:
+            # A run that failed before writing anything leaves no folder behind that looks like a started run.
+            if [p.name for p in folder.iterdir()] == [".lock"]:
+                (folder / ".lock").unlink()
+                if created:
+                    folder.rmdir()
     finally:
         handle.close()

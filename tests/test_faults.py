@@ -194,8 +194,25 @@ def test_a_run_folder_in_use_is_refused(run_cli, tmp_path):
     folder = tmp_path / "run"
     with run_folder_lock(folder):  # as another process holds it
         code, _, err = run_cli("train", *RESNET20, "--out", folder)
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # the refused run wrote nothing, kept the lock
     one_line_error(code, err, f"run folder '{folder}' is in use by loafing process {os.getpid()}")
-    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
+    folder = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError), run_folder_lock(folder):
+        assert (folder / ".lock").exists()
+        raise RuntimeError("the run failed while building its model")
+    assert not folder.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with run_folder_lock(kept):
+        (kept / "config.json").write_text("{}")
+    assert sorted(p.name for p in kept.iterdir()) == [".lock", "config.json"]  # a started run keeps its folder
+    with run_folder_lock(kept / "empty"):
+        (kept / "empty" / "note").write_text("")
+        (kept / "empty" / "note").unlink()
+    assert not (kept / "empty").exists()
 
 
 def loafing(*args: str) -> list[str]:
