@@ -24,7 +24,7 @@ from loafing.methods import TrainingStep, check_method, get_method, trained_plan
 from loafing.models import StagedModel, create_model, get_spec
 from loafing.plans import Plan, ordered_space
 from loafing.recipes import recipe_for
-from loafing.weights import check_weights, start_from_weights, weights_framing
+from loafing.weights import check_weights, resolved_weights, start_from_weights, weights_framing
 
 
 @dataclass
@@ -160,7 +160,8 @@ def build_run(config: TrainConfig, world: World = World(), device: torch.device 
     if config.download and world.is_main:
         barrier(world)
     config = dataclasses.replace(with_method_defaults(config), num_classes=data.num_classes,
-                                 run=config.run or Path(config.out).name, world_size=world.size)
+                                 run=config.run or Path(config.out).name, world_size=world.size,
+                                 weights=config.weights and resolved_weights(config.model, config.weights))
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     model = create_model(config.model, data.num_classes, config.width_mult, config.model_args, config.granularity)

@@ -38,6 +38,13 @@ def named_weights(model: str, weights: str) -> WeightsFacts | None:
     return library.weights_facts(arch, weights)
 
 
+def resolved_weights(model: str, weights: str) -> str:
+    """`weights` as the set its library resolves them to now (`pretrained`: timm's default tag, torchvision's
+    DEFAULT member), a file as given: what a run records, so a later library with another default changes nothing."""
+    facts = named_weights(model, weights)
+    return weights if facts is None else facts.name.rpartition(".")[2]
+
+
 def check_weights(model: str, model_args: dict[str, Any] | None, weights: str) -> None:
     """Raise a one-line LoafingError unless `model` (with `model_args`) is a library network and `weights` names a
     set of its library's weights or an existing file."""
@@ -117,7 +124,7 @@ def load_library_weights(name: str, model_args: dict[str, Any] | None, weights: 
         config = {"model": name, "model_args": check_model_args(model_args), "width_mult": width_mult,
                   "num_classes": facts.num_classes, "method": FOREIGN_METHOD, "source": source, "run": facts.name}
         loaded = LoadedModel(model.eval(), config, source)
-    loaded.config["weights"] = weights
+    loaded.config["weights"] = resolved_weights(name, weights)
     return loaded
 
 

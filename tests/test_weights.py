@@ -79,7 +79,7 @@ def test_timm_pretrained_weights_are_its_own_with_their_normalization_and_framin
     timm_file(reference)
     loaded = load_library_weights("timm:resnet10t", {}, "pretrained")
     assert loaded.config["num_classes"] == 1000 and loaded.config["run"] == "resnet10t.c3_in1k"
-    assert loaded.source == "timm" and loaded.config["weights"] == "pretrained"
+    assert loaded.source == "timm" and loaded.config["weights"] == "c3_in1k"  # the tag "pretrained" resolved to
     expected = timm.data.resolve_model_data_config(reference)  # timm's own account of the input
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -129,6 +129,7 @@ def test_torchvision_weights_by_name(weights, torchvision_weights):
     enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     assert calls == [(enum.url, True)]  # torchvision's own download, hash-checked
     assert loaded.config["run"] == "ResNet18_Weights.IMAGENET1K_V1" and loaded.config["num_classes"] == 1000
+    assert loaded.config["weights"] == torchvision.models.ResNet18_Weights.DEFAULT.name == "IMAGENET1K_V1"
     framing = enum.transforms()
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
@@ -206,7 +207,9 @@ def test_train_from_pretrained_weights_records_them_and_keeps_their_normalizatio
                            "--train-size", "16", "--batch-size", "8", "--monitor-calib-size", "8", "--lr", "1e-12",
                            "--weight-decay", "0", "--momentum", "0", "--device", "cpu", "--out", out, "--quiet")
     assert code == 0, err
-    assert json.loads((out / "config.json").read_text())["weights"] == "pretrained"
+    # Recorded as the tag timm resolves "pretrained" to today, so that a later default changes nothing.
+    tag = timm.models.get_pretrained_cfg("resnet10t").tag
+    assert tag and json.loads((out / "config.json").read_text())["weights"] == tag
     loaded = load_model(out / "checkpoint.pt")
     expected = timm.data.resolve_model_data_config(pretrained)  # the weights' normalization, not the digits'
     for key in ("mean", "std"):
