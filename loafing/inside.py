@@ -20,8 +20,10 @@ from loafing.measure import (architecture_names, calibration_columns, calibratio
                              evaluation_data, evaluation_device, evaluation_framing, measure_plans, trained_plan)
 from loafing.plan_tree import evaluate_plans
 from loafing.plans import Plan, ordered_plan
+from loafing.recipes import RECIPES
 from loafing.method_styles import method_style
 from loafing.schema import run_identifiers, with_run_identifiers
+from loafing.weights import FIXED_SIZE_DATASETS
 
 Z_95 = 1.959964  # two-sided 95% normal quantile
 
@@ -71,21 +73,29 @@ def load_family(checkpoints: Sequence[str], dataset: str | None = None, data_dir
         check_output_folder(out_folder, folders=[networks[0].config.get("data_dir")])
     data = evaluation_data(networks[0], dataset, data_dir, False, image_size)
     data_set = dataset or networks[0].config.get("dataset") or "digits"
-    framing = evaluation_framing(networks[0], data_set, image_size)
+    framing = _framing(networks[0], data_set, image_size)
     for text, loaded in zip(checkpoints[1:], networks[1:]):
         check_classes(loaded, data)
-        other = evaluation_framing(loaded, data_set, image_size)
+        other = _framing(loaded, data_set, image_size)
         if other != framing:  # one set of test images serves the whole family: each must see them as it expects
-            raise LoafingError(f"{text.rpartition('=')[2]} expects its images framed otherwise ({_framing_text(other)})"
-                               f" than {checkpoints[0].rpartition('=')[2]} ({_framing_text(framing)}); measure "
-                               "networks that expect the same images together (--image-size sets one size for all)")
+            raise LoafingError(f"{text.rpartition('=')[2]} expects its test images framed otherwise "
+                               f"({_framing_text(other)}) than {checkpoints[0].rpartition('=')[2]} "
+                               f"({_framing_text(framing)}); measure networks that expect the same images together")
     return networks, data
 
 
-def _framing_text(framing: tuple[str, int | None, int | None, str]) -> str:
+def _framing(loaded: LoadedModel, dataset: str, image_size: int | None) -> tuple[str, int, int, str] | None:
+    """The recipe, crop side, resize side and interpolation of `loaded`'s test images (None: a data set of one
+    size, framed alike for every network)."""
+    if dataset in FIXED_SIZE_DATASETS:
+        return None
+    recipe, size, resize, interpolation = evaluation_framing(loaded, dataset, image_size)
+    return (recipe, *RECIPES[recipe].eval_frame(size, resize), interpolation)
+
+
+def _framing_text(framing: tuple[str, int, int, str]) -> str:
     recipe, size, resize, interpolation = framing
-    return (f"{recipe} recipe, " + (f"{size} px" if size else "its own size") + (f", resize {resize}" if resize else "")
-            + f", {interpolation}")
+    return f"{recipe} recipe, {size} px after a {interpolation} resize to {resize}"
 
 
 def inside_vs_alone(networks: Sequence[LoadedModel], data: DataSplits, evaluation: EvalConfig, *,

@@ -200,10 +200,12 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
         try:
             yield
         finally:
-            # A run that failed before writing anything leaves no folder behind that looks like a started run.
-            if [p.name for p in folder.iterdir()] == [".lock"]:
-                (folder / ".lock").unlink()
-                if created:
-                    folder.rmdir()
+            # A run that failed before writing anything leaves no folder behind that looks like a started run; a
+            # folder emptied or refilled meanwhile by someone else is theirs, and never hides the run's own error.
+            with contextlib.suppress(OSError):
+                if [p.name for p in folder.iterdir()] == [".lock"]:
+                    (folder / ".lock").unlink()
+                    if created:
+                        folder.rmdir()
     finally:
         handle.close()

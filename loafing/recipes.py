@@ -24,8 +24,14 @@ class Recipe:
     image_size: int
     description: str
     train: Callable[[int], list]  # image size -> training transforms on uint8 CHW tensors
-    # image size, side resized to first (None: the recipe's), interpolation of that resize -> transforms
-    evaluate: Callable[[int, int | None, str], list]
+    # image size, side resized to first, interpolation of that resize -> transforms
+    evaluate: Callable[[int, int, str], list]
+    resize_ratio: float = 1.0  # by default evaluation resizes to this times the image side, then center-crops
+
+    def eval_frame(self, image_size: int | None = None, eval_resize: int | None = None) -> tuple[int, int]:
+        """The side evaluation crops to and the side it resizes to first: the given ones, else the recipe's."""
+        size = image_size or self.image_size
+        return size, eval_resize or round(size * self.resize_ratio)
 
     def transforms(self, image_size: int | None = None, train_image_size: int | None = None,
                    eval_resize: int | None = None,
@@ -35,17 +41,17 @@ class Recipe:
         with `eval_interpolation`."""
         from torchvision.transforms import v2  # here: reading a recipe's image size needs no torchvision
 
-        size = image_size or self.image_size
+        size, resize = self.eval_frame(image_size, eval_resize)
         to_float = v2.ToDtype(torch.float32, scale=True)
         return (v2.Compose([*self.train(train_image_size or size), to_float]),
-                v2.Compose([*self.evaluate(size, eval_resize, eval_interpolation), to_float]))
+                v2.Compose([*self.evaluate(size, resize, eval_interpolation), to_float]))
 
     def frame(self, image_size: int | None = None) -> Transform:
         """The evaluation framing at `image_size` on a uint8 image, kept uint8 (for the cifar recipe also the
         deterministic start of its training transforms)."""
         from torchvision.transforms import v2
 
-        return v2.Compose(self.evaluate(image_size or self.image_size, None, "bilinear"))
+        return v2.Compose(self.evaluate(*self.eval_frame(image_size), "bilinear"))
 
 
 def _cifar_train(size: int) -> list:
@@ -55,10 +61,10 @@ def _cifar_train(size: int) -> list:
             v2.RandomHorizontalFlip()]
 
 
-def _cifar_evaluate(size: int, resize: int | None, interpolation: str) -> list:
+def _cifar_evaluate(size: int, resize: int, interpolation: str) -> list:
     from torchvision.transforms import v2
 
-    return [v2.Resize(resize or size, v2.InterpolationMode(interpolation), antialias=True), v2.CenterCrop(size)]
+    return [v2.Resize(resize, v2.InterpolationMode(interpolation), antialias=True), v2.CenterCrop(size)]
 
 
 def _imagenet_train(size: int) -> list:
@@ -67,17 +73,16 @@ def _imagenet_train(size: int) -> list:
     return [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
 
 
-def _imagenet_evaluate(size: int, resize: int | None, interpolation: str) -> list:
+def _imagenet_evaluate(size: int, resize: int, interpolation: str) -> list:
     from torchvision.transforms import v2
 
-    return [v2.Resize(resize or round(size * 256 / 224), v2.InterpolationMode(interpolation), antialias=True),
-            v2.CenterCrop(size)]
+    return [v2.Resize(resize, v2.InterpolationMode(interpolation), antialias=True), v2.CenterCrop(size)]
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("cifar", 32, "32x32; training: pad-4 random crop + horizontal flip", _cifar_train, _cifar_evaluate),
     Recipe("imagenet", 224, "224x224; training: RandomResizedCrop + flip; evaluation: Resize 256 + CenterCrop 224",
-           _imagenet_train, _imagenet_evaluate),
+           _imagenet_train, _imagenet_evaluate, resize_ratio=256 / 224),
 )}
 
 

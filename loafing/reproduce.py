@@ -33,6 +33,7 @@ from loafing.study_results import (collect_results, evaluate_run, evaluation_set
                                    results_are_fresh)
 from loafing.run_state import CHECKPOINT_NAME, load_config
 from loafing.train import check_config, train, training_data
+from loafing.weights import resolved_weights
 
 
 # Where a run executes, where its folder and its data live do not change what it is (a study's folder may move, e.g.
@@ -47,6 +48,9 @@ def has_config(run_dir: str | Path, config: TrainConfig) -> bool:
         return False
     saved = dataclasses.asdict(with_method_defaults(load_config(run_dir)))
     wanted = dataclasses.asdict(with_method_defaults(config))
+    for settings in (saved, wanted):  # a run records the set "pretrained" resolved to (one before that, "pretrained")
+        if settings["weights"] is not None:
+            settings["weights"] = resolved_weights(settings["model"], settings["weights"])
     return all(saved[k] == wanted[k] for k in wanted if k not in NOT_IDENTIFYING)
 
 

@@ -75,12 +75,25 @@ def test_the_gap_of_each_host_is_paired_over_the_test_images(family, tmp_path):
 
 def test_a_family_whose_networks_expect_other_images_is_refused(family, tmp_path):
     # One set of test images serves the whole family: a network trained on larger images would be measured on
-    # images framed for the first one.
+    # images framed for the first one. Ten classes of 32x32 images, as the digits networks classify.
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label in range(10):
+            (tmp_path / "images" / split / f"c{label}").mkdir(parents=True)
+            Image.new("RGB", (32, 32), (25 * label, 80, 120)).save(tmp_path / "images" / split / f"c{label}" / "0.png")
     checkpoint = torch.load(family[2], map_location="cpu", weights_only=True)
-    checkpoint["config"] = {**checkpoint["config"], "image_size": 16, "run": "r8-16px"}
-    torch.save(checkpoint, tmp_path / "r8-16px.pt")
+
+    def variant(name: str, image_size: int) -> str:
+        torch.save({**checkpoint, "config": {**checkpoint["config"], "image_size": image_size, "run": name}},
+                   tmp_path / f"{name}.pt")
+        return str(tmp_path / f"{name}.pt")
+
+    images = {"dataset": "imagefolder", "data_dir": str(tmp_path / "images")}
     with pytest.raises(LoafingError) as error:
-        load_family([family[0], str(tmp_path / "r8-16px.pt")])
+        load_family([family[0], variant("r8-16px", 16)], **images)
     message = str(error.value)
-    assert "r8-16px.pt" in message and "16 px" in message and "\n" not in message
-    assert len(load_family(family)[0]) == 3  # one training size for all: measured together
+    assert "r8-16px.pt" in message and "16 px" in message and "32 px" in message and "\n" not in message
+    # The recipe's own size given explicitly frames the images as leaving it out does.
+    assert len(load_family([family[0], variant("r8-32px", 32)], **images)[0]) == 2
+    assert len(load_family([family[0], variant("r8-16px", 16)])[0]) == 2  # digits: one size for every network

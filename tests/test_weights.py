@@ -203,13 +203,23 @@ def test_train_from_pretrained_weights_records_them_and_keeps_their_normalizatio
     pretrained = timm.create_model("resnet10t")
     timm_file(pretrained)
     out = tmp_path / "run"
-    code, _, err = run_cli("train", "--model", "timm:resnet10t", "--weights", "pretrained", "--epochs", "1",
-                           "--train-size", "16", "--batch-size", "8", "--monitor-calib-size", "8", "--lr", "1e-12",
-                           "--weight-decay", "0", "--momentum", "0", "--device", "cpu", "--out", out, "--quiet")
+    settings = {"model": "timm:resnet10t", "weights": "pretrained", "epochs": 1, "train_size": 16, "batch_size": 8,
+                "monitor_calib_size": 8, "lr": 1e-12, "weight_decay": 0.0, "momentum": 0.0, "device": "cpu"}
+    code, _, err = run_cli("train", *[a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", v)],
+                           "--out", out, "--quiet")
     assert code == 0, err
     # Recorded as the tag timm resolves "pretrained" to today, so that a later default changes nothing.
     tag = timm.models.get_pretrained_cfg("resnet10t").tag
-    assert tag and json.loads((out / "config.json").read_text())["weights"] == tag
+    recorded = json.loads((out / "config.json").read_text())
+    assert tag and recorded["weights"] == tag
+    # A study naming "pretrained" finds its run done, also one recorded before tags were resolved.
+    from loafing.config import make_train_config
+    from loafing.reproduce import has_config
+
+    assert has_config(out, make_train_config({**settings, "out": str(out)}))
+    (out / "config.json").write_text(json.dumps({**recorded, "weights": "pretrained"}))
+    assert has_config(out, make_train_config({**settings, "out": str(out)}))
+    assert not has_config(out, make_train_config({**settings, "weights": "a1_in1k", "out": str(out)}))
     loaded = load_model(out / "checkpoint.pt")
     expected = timm.data.resolve_model_data_config(pretrained)  # the weights' normalization, not the digits'
     for key in ("mean", "std"):
