@@ -20,9 +20,8 @@ from loafing.io import check_output_file
 from loafing.models import StagedModel, get_spec
 from loafing.plan_tree import evaluate_plans_across
 from loafing.plans import Plan, get_space, parse_plan
-from loafing.recipes import recipe_for
 from loafing.schema import run_identifiers, with_run_identifiers
-from loafing.weights import load_library_weights, weights_framing
+from loafing.weights import input_framing, load_library_weights
 
 
 def evaluation_data(loaded: LoadedModel, dataset: str | None = None, data_dir: str | None = None,
@@ -43,11 +42,8 @@ def evaluation_framing(loaded: LoadedModel, dataset: str, image_size: int | None
     """How a checkpoint's evaluation images are framed on `dataset`: input recipe, image size, evaluation resize and
     its interpolation (its training size and its weights' framing unless `image_size` says otherwise)."""
     config = loaded.config
-    size, eval_resize, interpolation = weights_framing(
-        config["model"], config.get("model_args"), config.get("weights"), dataset,
-        image_size or config.get("image_size"), config.get("eval_resize"))
-    recipe = recipe_for(get_spec(config["model"], config.get("model_args")).recipe, size)
-    return recipe, size, eval_resize, interpolation
+    return input_framing(config["model"], config.get("model_args"), config.get("weights"), dataset,
+                         image_size or config.get("image_size"), config.get("eval_resize"))
 
 
 def check_classes(loaded: LoadedModel, data: DataSplits) -> None:

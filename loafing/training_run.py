@@ -24,7 +24,7 @@ from loafing.methods import TrainingStep, check_method, get_method, trained_plan
 from loafing.models import StagedModel, create_model, get_spec
 from loafing.plans import Plan, ordered_space
 from loafing.recipes import recipe_for
-from loafing.weights import check_weights, resolved_weights, start_from_weights, weights_framing
+from loafing.weights import check_weights, input_framing, resolved_weights, start_from_weights
 
 
 @dataclass
@@ -107,10 +107,9 @@ def kl_trajectory_plans(model: StagedModel, config: TrainConfig) -> list[Plan]:
 def training_data(config: TrainConfig) -> DataSplits:
     """The run's data in its model's input recipe; with `train_size`, a seeded subset of the training split
     (its augmented and plain views holding the same images)."""
-    image_size, eval_resize, interpolation = weights_framing(config.model, config.model_args, config.weights,
-                                                             config.dataset, config.image_size, config.eval_resize)
-    data = load_dataset(config.dataset, config.data_dir, config.download,
-                        recipe_for(get_spec(config.model, config.model_args).recipe, image_size), image_size,
+    recipe, image_size, eval_resize, interpolation = input_framing(
+        config.model, config.model_args, config.weights, config.dataset, config.image_size, config.eval_resize)
+    data = load_dataset(config.dataset, config.data_dir, config.download, recipe, image_size,
                         config.train_image_size, eval_resize, interpolation)
     if config.train_size is not None and config.train_size < len(data.train):
         chosen = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))

@@ -144,3 +144,11 @@ def weights_framing(name: str, model_args: dict[str, Any] | None, weights: str |
     size = image_size or facts.image_size
     resize = facts.resize if size == facts.image_size else round(size * facts.resize / facts.image_size)
     return size, eval_resize or resize, facts.interpolation
+
+
+def input_framing(name: str, model_args: dict[str, Any] | None, weights: str | None, dataset: str,
+                  image_size: int | None, eval_resize: int | None) -> tuple[str, int | None, int | None, str]:
+    """The input recipe of a run or an evaluation (`recipe_for` its image size), with `weights_framing`'s image size,
+    evaluation resize and interpolation."""
+    size, resize, interpolation = weights_framing(name, model_args, weights, dataset, image_size, eval_resize)
+    return recipe_for(get_spec(name, model_args).recipe, size), size, resize, interpolation
