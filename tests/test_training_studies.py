@@ -58,7 +58,7 @@ def test_recording_kl_and_test_accuracy_does_not_change_what_is_trained(tmp_path
     weights = {}
     for name, kl_every in (("plain", 0), ("recorded", 1)):
         train(make_train_config(dict(model="mobilenet_v3_large", width_mult=0.5, method="st", epochs=2, lr=0.05,
-                                     device="cpu", kl_every=kl_every, kl_plans=3, kl_probe_size=50,
+                                     train_size=256, device="cpu", kl_every=kl_every, kl_plans=3, kl_probe_size=50,
                                      monitor_calib_size=64, channels_last=True, out=str(tmp_path / name))),
               progress=False)
         weights[name] = load_model(tmp_path / name / "checkpoint.pt").model.state_dict()
@@ -83,7 +83,7 @@ def kl_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("kl")
     for method, extra in (("ct", {}), ("st", {"space_size": 6})):
         train(make_train_config(dict(model="resnet20-cifar", method=method, epochs=2, lr=0.1, device="cpu",
-                                     kl_every=1, kl_plans=8, kl_probe_size=100, monitor_calib_size=100,
+                                     train_size=330, kl_every=1, kl_plans=8, kl_probe_size=100, monitor_calib_size=100,
                                      out=str(root / method), **extra)), progress=False)
     return root
 
@@ -95,7 +95,7 @@ def test_kl_trajectory_and_cost_columns(kl_runs):
     assert (kl["kl"] >= 0).all() and {"run", "method", "lam", "seed", "depths"} <= set(kl.columns)
     log = pd.read_csv(kl_runs / "st" / "train_log.csv")
     assert (log["space_size"] == 6).all()
-    assert ((log["examples_per_s"] * log["seconds"] - 1344).abs() < 1e-6).all()  # 21 full batches of 64
+    assert ((log["examples_per_s"] * log["seconds"] - 320).abs() < 1e-6).all()  # 5 full batches of 64 (of 330)
     assert (log["peak_memory_mib"] > 100).all() and (log["memory_kind"] == "cpu_peak_rss").all()
 
 
@@ -124,7 +124,8 @@ def test_resume_is_bit_identical(tmp_path, interrupted_training):
 
     def config(out):
         return make_train_config(dict(model="resnet20-cifar", method="st", epochs=3, lr=0.1, device="cpu",
-                                      kl_every=2, kl_plans=3, kl_probe_size=50, monitor_calib_size=50, out=str(out)))
+                                      train_size=512, kl_every=2, kl_plans=3, kl_probe_size=50, monitor_calib_size=50,
+                                      out=str(out)))
 
     train(config(tmp_path / "full"), progress=False)
     interrupted_training(config(tmp_path / "cut"), epoch=3)
@@ -204,7 +205,7 @@ def test_channels_last_step_gives_the_same_gradients():
 def test_channels_last_and_bn_momentum_options_in_training(tmp_path):
     def run(name, **options):
         config = make_train_config(dict(model="resnet20-cifar", method="st", epochs=1, lr=0.1, device="cpu",
-                                        out=str(tmp_path / name), **options))
+                                        train_size=512, monitor_calib_size=128, out=str(tmp_path / name), **options))
         log = train(config, progress=False)
         return log, load_model(tmp_path / name / "checkpoint.pt").model.state_dict()
 
