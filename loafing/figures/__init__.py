@@ -31,6 +31,8 @@ from loafing.table_keys import one_row_per_key
 
 RUN = ("run", "method", "seed", "trained_plan")  # what every figure needs to tell runs apart
 MEASURED = (*RUN, "plan", "is_main", "top1")
+# Fig. 1 and the inside grid match a smaller network to the same architecture trained alone, across host models.
+INSIDE = ("run", "model", "method", "trained_plan", "plan", "depths", "n_blocks", "is_main", "top1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +61,10 @@ class FigureOutcome:
 
 FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
     # Fig. 1 compares different host models, so only the data set splits it.
-    FigureSpec("fig1", "Fig. 1: sub-networks inside bigger networks vs trained alone", "measure",
-               ("run", "model", "method", "trained_plan", "plan", "depths", "n_blocks", "is_main", "top1"),
+    FigureSpec("fig1", "Fig. 1: sub-networks inside bigger networks vs trained alone", "measure", INSIDE,
                plot_inside_vs_alone, "figure", group_by=("dataset",)),
     FigureSpec("inside", "Sub-networks (rows) inside main networks (columns), diagonal: on its own (Tables r5, r6)",
-               "measure", ("run", "model", "method", "trained_plan", "plan", "depths", "n_blocks", "is_main", "top1"),
-               table_inside_grid, "table", group_by=("dataset",)),
+               "measure", INSIDE, table_inside_grid, "table", group_by=("dataset",)),
     FigureSpec("fig4", "Fig. 4: sub-networks inside the network", "measure", (*MEASURED, "n_blocks"),
                plot_subnetworks, "figure"),
     FigureSpec("fig5", "Fig. 5: sub-network top-1 vs sampling-space size", "measure", MEASURED, plot_space_size,
