@@ -21,6 +21,8 @@ from loafing.models import StagedModel, create_model, get_spec, is_library_model
 from loafing.models.registry import check_model_args
 from loafing.options import option_specs
 from loafing.method_styles import FOREIGN_METHOD
+# Fitting state dicts to networks, also imported from here by older code.
+from loafing.state_dicts import foreign_kind, foreign_state_dict, load_weights, warn_if_not_finite  # noqa: F401
 
 FORMAT = "loafing-checkpoint"
 FORMAT_VERSION = 1
@@ -98,19 +100,21 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise LoafingError(f"checkpoint {str(path)!r} is an unreadable safetensors file: {said}") from None
 
 
-def read_checkpoint(path: str | Path, unsafe_load: bool = False, resume: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, unsafe_load: bool = False, resume: bool = False,
+                    own: bool = False) -> dict[str, Any]:
     """Load a checkpoint file on the CPU with `weights_only=True` (tensors and plain types only, so nothing in
     the file can run code), with one-line errors for missing, unreadable, unsafe or (in the toolkit's own format)
-    incomplete files; `resume` also requires what resuming a run reads. A safetensors file (tensors only by
-    design, as the Hugging Face hub keeps timm's weights) is read as its state dict.
+    incomplete files. `own` refuses, in one line, a file in any other format (a run folder's checkpoint, which its
+    callers read as one of the toolkit's); `resume` implies it and also requires what resuming a run reads. A
+    safetensors file (tensors only by design, as the Hugging Face hub keeps timm's weights) is read as its state dict.
 
     `unsafe_load` unpickles anything, for a file the user trusts that holds other Python objects (and says so).
     """
     path = Path(path)
     _check_file(path)
     if is_safetensors(path):
-        if resume:
-            raise LoafingError(f"checkpoint {str(path)!r} is a safetensors file of weights, not a run to resume")
+        if own or resume:
+            raise _not_a_run(path, "a safetensors file of weights", resume)
         return _load_safetensors(path)
     try:
         obj = _torch_load(path, weights_only=True)
@@ -137,7 +141,20 @@ def read_checkpoint(path: str | Path, unsafe_load: bool = False, resume: bool = 
         raise LoafingError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict of weights")
     if obj.get("format") == FORMAT:
         check_own_checkpoint(obj, path, resume)
+    elif own or resume:
+        raise _not_a_run(path, FOREIGN_KINDS[foreign_kind(obj)], resume)
     return obj
+
+
+# What a file in another format than the toolkit's own holds, by its `foreign_kind`.
+FOREIGN_KINDS = {"akamaster": "a foreign checkpoint (akamaster's format: a state_dict and best_prec1)",
+                 "torchvision": "a foreign state dict (as torchvision and timm save them)",
+                 None: "a dict of something other than weights"}
+
+
+def _not_a_run(path: Path, what: str, resume: bool) -> LoafingError:
+    return LoafingError(f"checkpoint {str(path)!r} is {what}, not "
+                        + ("a run to resume" if resume else "the checkpoint of a run `loafing train` wrote"))
 
 
 def _bad(path: str | Path, problem: str) -> LoafingError:
@@ -186,64 +203,16 @@ def check_own_checkpoint(obj: dict[str, Any], path: str | Path, resume: bool = F
                        + (" above 0" if key == "std" else ""))
 
 
-def _strip_prefix(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
-    return state_dict
-
-
-def foreign_state_dict(obj: dict[str, Any], path: str | Path) -> tuple[str, dict[str, Any]]:
-    """The state dict of a foreign checkpoint's contents (`module.` prefixes stripped) and its kind: "akamaster"
-    (`{'state_dict', 'best_prec1'}`) or "torchvision" (a plain state dict, as torchvision and timm save them)."""
-    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        source, state_dict = "akamaster", obj["state_dict"]
-    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        source, state_dict = "torchvision", obj
-    else:
-        raise LoafingError(f"checkpoint {str(path)!r} is neither a loafing checkpoint nor a state dict")
-    return source, _strip_prefix(state_dict, "module.")
-
-
-def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], what: str) -> None:
-    """Strictly load `state_dict`, reporting missing, unexpected and mis-shaped keys in one line.
-
-    As PyTorch itself does for files saved before BatchNorm counted its batches, a missing
-    `num_batches_tracked` buffer (and only that) is accepted and starts at 0.
-    """
-    own = module.state_dict()
-    state_dict = dict(state_dict)
-    for key in own:
-        if key.endswith(".num_batches_tracked") and key not in state_dict:
-            state_dict[key] = torch.zeros_like(own[key])
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
-    if missing or unexpected or mismatched:
-        examples = (missing + unexpected + mismatched)[:3]
-        raise LoafingError(
-            f"{what} does not fit the model: {len(missing)} missing keys, {len(unexpected)} unexpected keys, "
-            f"{len(mismatched)} keys of the wrong shape (e.g. {', '.join(examples)})")
-    module.load_state_dict(state_dict)
-
-
-def warn_if_not_finite(model: torch.nn.Module, path: str | Path) -> None:
-    """Warn (LoafingWarning) when a checkpoint's weights or statistics hold NaN or infinite values."""
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        warnings.warn(LoafingWarning(f"checkpoint {str(path)!r} holds non-finite values in {len(bad)} tensors "
-                                     f"(e.g. {bad[0]}): every number measured from it is meaningless"), stacklevel=2)
-
-
-def load_model(path: str | Path, model_name: str | None = None, width_mult: float = 1.0,
+def load_model(path: str | Path, model_name: str | None = None, width_mult: float | None = None,
                num_classes: int | None = None, unsafe_load: bool = False,
                granularity: str | None = None, model_args: dict[str, Any] | None = None) -> LoadedModel:
     """Build the model a checkpoint describes and load its weights (see `read_checkpoint` for `unsafe_load`).
 
-    The toolkit's own checkpoints name their model; foreign ones (akamaster's `{'state_dict',
+    The toolkit's own checkpoints name their model (and width); foreign ones (akamaster's `{'state_dict',
     'best_prec1'}` with `module.` keys, or a state dict in the network's own key names) need `model_name` (and, for
-    a timm / torchvision network, its builder's `model_args`); `akamaster:<name>` names a published checkpoint,
-    fetched into torch's hub cache (`loafing.hub`). `granularity` views the network by blocks or by units whatever
-    it was trained in (default: as it was trained; the weights are the same).
+    a timm / torchvision network, its builder's `model_args`; `width_mult`, default 1); `akamaster:<name>` names a
+    published checkpoint, fetched into torch's hub cache (`loafing.hub`). `granularity` views the network by blocks
+    or by units whatever it was trained in (default: as it was trained; the weights are the same).
     """
     if is_hub_name(str(path)):
         text = str(path)
@@ -259,6 +228,9 @@ def load_model(path: str | Path, model_name: str | None = None, width_mult: floa
         if model_args and model_args != config.get("model_args"):
             raise LoafingError(f"checkpoint {str(path)!r} records the arguments its network was built with; drop "
                                "--model-arg")
+        if width_mult is not None and width_mult != config.get("width_mult", 1.0):
+            raise LoafingError(f"checkpoint {str(path)!r} records its width multiplier "
+                               f"({config.get('width_mult', 1.0):g}); drop --width-mult")
         trained = config.get("granularity", "block")
         if config.get("plan") and granularity not in (None, trained):
             raise LoafingError(f"checkpoint {str(path)!r} trained the sub-network {config['plan']} alone in the "
@@ -283,6 +255,7 @@ def load_model(path: str | Path, model_name: str | None = None, width_mult: floa
     if not num_classes and classifier not in state_dict:
         raise LoafingError(f"cannot tell the number of classes of {str(path)!r}: no {classifier!r} in it")
     classes = num_classes or int(state_dict[classifier].shape[0])
+    width_mult = 1.0 if width_mult is None else width_mult
     # With the spec's default input normalization.
     model = create_model(model_name, classes, width_mult, model_args, granularity or "block")
     load_weights(model.net, state_dict, f"checkpoint {str(path)!r}")

@@ -16,10 +16,11 @@ from loafing.errors import LoafingError
 from loafing.plans import GRANULARITIES
 # The option layer, also imported from here by older code.
 from loafing.options import (AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, OptionSpec, Range, check_choice,  # noqa: F401
-                             check_number, check_value, option, option_specs)
+                             check_number, check_typed, check_value, option, option_specs)
 
 AMP_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --amp -> torch dtype name
 OPTIMIZERS = ("sgd", "adamw")  # --optimizer; built by loafing.training_run.make_optimizer
+BUNDLED_DATASETS = ("digits",)  # read from a library (scikit-learn): no data folder, nothing to download
 GRANULARITY_HELP = ("What a step of a plan is: block (a residual block) | unit (each of a transformer block's "
                     "residual units, attention and MLP, on its own; timm / torchvision ViT and Swin).")
 
@@ -33,6 +34,14 @@ def _registry(name: str) -> Callable[[], list[str]]:
         from loafing.data import DATASETS
         return list(DATASETS)
     return names
+
+
+def _no_kl(config: TrainConfig) -> str:
+    return "" if config.kl_every else "KL is recorded only with --kl-every N (above 0)"
+
+
+def _bundled(what: str) -> Callable[[TrainConfig], str]:
+    return lambda c: f"--dataset {c.dataset} {what} (scikit-learn bundles it)" if c.dataset in BUNDLED_DATASETS else ""
 
 
 @dataclass
@@ -54,8 +63,9 @@ class TrainConfig:
                                  "one. Named weights bring their input normalization and size.")
     granularity: str = option("block", GRANULARITY_HELP, choices=lambda: list(GRANULARITIES), what="granularity")
     dataset: str = option("digits", "Data set.", choices=_registry("datasets"), what="dataset")
-    data_dir: str | None = option(None, "Folder holding the data set.")
-    download: bool = option(False, "Download the data set if missing (needs network).")
+    data_dir: str | None = option(None, "Folder holding the data set.", unread=_bundled("reads no folder"))
+    download: bool = option(False, "Download the data set if missing (needs network).",
+                            unread=_bundled("downloads nothing"))
     image_size: int | None = option(None, "Side of the input images; default: the model's recipe (32 for CIFAR-style "
                                     "models, 224 for ImageNet-style ones; digits are always 32).", range=Range(1, 1024))
     train_size: int | None = option(None, "Train on a seeded subset of this many training images (chosen by --seed).",
@@ -70,7 +80,8 @@ class TrainConfig:
                             "vision transformers trained from scratch, with e.g. --lr 1e-3 --weight-decay 0.05).",
                             choices=lambda: list(OPTIMIZERS), what="optimizer")
     weight_decay: float = option(3e-5, "Weight decay (SGD's L2 term; AdamW's decoupled decay).", range=NON_NEGATIVE)
-    momentum: float = option(0.9, "SGD momentum.", range=Range(0, 1, high_open=True))
+    momentum: float = option(0.9, "SGD momentum.", range=Range(0, 1, high_open=True), unread=lambda c: (
+        "" if c.optimizer == "sgd" else f"--optimizer {c.optimizer} has no momentum"))
     nesterov: bool = option(False, "Nesterov momentum (the ST++ recipe).")
     lr_step: str = option("epoch", "When the cosine schedule steps: every epoch, or every iteration (the ST++ "
                           "recipe).", choices=lambda: ["epoch", "iteration"], what="schedule step")
@@ -102,8 +113,9 @@ class TrainConfig:
                               '"[1] [3,4] [6,7,8] [10] [12,13]".')
     kl_every: int = option(0, "Every N epochs (and at the end) record each plan's KL to the main network; 0: off.",
                            range=Range(0, text="0 (off) or a positive number of epochs"))
-    kl_plans: int | None = option(None, "Record KL for a seeded sample of this many plans.", range=AT_LEAST_1)
-    kl_probe_size: int = option(500, "Test images of the fixed KL probe set.", range=AT_LEAST_1)
+    kl_plans: int | None = option(None, "Record KL for a seeded sample of this many plans.", range=AT_LEAST_1,
+                                  unread=_no_kl)
+    kl_probe_size: int = option(500, "Test images of the fixed KL probe set.", range=AT_LEAST_1, unread=_no_kl)
     out: str = option("", "Run folder to write (required).")
     run: str = option("", "Run name in the tables (default: the --out folder's name).", cli=False)
     num_classes: int = option(0, "Set from the data set.", cli=False)
@@ -156,6 +168,16 @@ def train_option_specs() -> list[OptionSpec]:
                 specs.append(spec)
                 seen.add(spec.name)
     return specs
+
+
+def check_typed_train_options(config: TrainConfig, typed: Sequence[str]) -> None:
+    """Refuse, in one line, an option typed on `loafing train`'s command line (`typed`: names) that `config` leaves
+    unread: another method's own option, even at its default, or one the other settings leave unread."""
+    for spec in train_option_specs():
+        owners = [m for m, specs in METHOD_OPTIONS.items() if any(o.name == spec.name for o in specs)]
+        if spec.name in typed and owners and config.method not in owners:
+            raise LoafingError(f"{spec.flag} needs --method {' or '.join(owners)}")
+    check_typed(config, typed, [*option_specs(TrainConfig), *METHOD_OPTIONS[config.method]])
 
 
 def _check_type(source: str, name: str, value: Any, kinds: tuple[Any, ...]) -> None:

@@ -151,8 +151,37 @@ def _require_deletable(layout: Layout) -> list[int]:
     return layers
 
 
-def destroyed_networks(layout: Layout, mode: str, max_combos: int, seed: int) -> list[DestroyedNetwork]:
-    """The destroyed networks of a mode, preceded by the intact network (n = 0)."""
+def _swap_counts(m: int) -> list[int]:
+    """How many orders of `m` blocks take 0, 1, ..., m - 1 swaps (unsigned Stirling numbers of the first kind)."""
+    cycles = [1]  # cycles[k]: orders of the blocks so far with k cycles
+    for i in range(m):
+        cycles = [(i * (cycles[k] if k < len(cycles) else 0)) + (cycles[k - 1] if k else 0)
+                  for k in range(len(cycles) + 1)]
+    return [cycles[m - s] for s in range(m)] if m else [1]
+
+
+def count_destroyed(layout: Layout, mode: str, max_combos: int) -> tuple[int, bool]:
+    """How many destroyed networks `destroyed_networks` gives (the intact one not counted), without making them, so
+    that what a request costs is said before it is made; and whether exactly that many (permutations sampled at
+    random, more than PERMUTATION_ENUMERATION_LIMIT in all, are at most that many)."""
+    _check_destructible(layout, mode, max_combos)
+    layers = _require_deletable(layout)
+    if mode == "delete-one":
+        return len(layers), True
+    if mode == "delete-many":
+        return sum(min(math.comb(len(layers), k), max_combos) for k in range(1, len(layers) + 1)), True
+    by_swaps = [1]  # orders of the network by their number of swaps: each stage's, combined
+    for stage in layout.stages:
+        counts = _swap_counts(sum(b in layout.skippable for b in stage))
+        combined = [0] * (len(by_swaps) + len(counts) - 1)
+        for i, a in enumerate(by_swaps):
+            for j, b in enumerate(counts):
+                combined[i + j] += a * b
+        by_swaps = combined
+    return sum(min(count, max_combos) for count in by_swaps[1:]), sum(by_swaps) <= PERMUTATION_ENUMERATION_LIMIT
+
+
+def _check_destructible(layout: Layout, mode: str, max_combos: int) -> None:
     if mode not in MODES:
         raise LoafingError(f"unknown mode {mode!r}; valid choices: {', '.join(MODES)}")
     if max_combos < 1:
@@ -161,6 +190,11 @@ def destroyed_networks(layout: Layout, mode: str, max_combos: int, seed: int) ->
         raise LoafingError("this model's blocks cannot be deleted or moved: each needs the features of every "
                            "earlier block of its stage (a DenseNet's dense layers), so only the end of a stage can "
                            "go, which is what `loafing measure` evaluates (its ordered sub-networks)")
+
+
+def destroyed_networks(layout: Layout, mode: str, max_combos: int, seed: int) -> list[DestroyedNetwork]:
+    """The destroyed networks of a mode, preceded by the intact network (n = 0)."""
+    _check_destructible(layout, mode, max_combos)
     if mode == "delete-one":
         networks = delete_one(layout)
     elif mode == "delete-many":

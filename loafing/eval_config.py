@@ -10,6 +10,7 @@ from loafing.options import AT_LEAST_1, SEED, OptionSpec, check_value, option, o
 from loafing.plans import GRANULARITIES
 
 MAX_COMBOS = 200  # destruct: per number of deleted layers / swaps, the networks evaluated (a seeded sample where more)
+CONFIRM_LIMIT = 10_000  # `loafing destruct` evaluates more destroyed networks than this only with --yes
 
 
 def _spaces() -> list[str]:
@@ -21,13 +22,15 @@ def _spaces() -> list[str]:
 class EvalConfig:
     """Calibration set, recalibration, batch size, device and plan space of an evaluation."""
 
-    calib_size: int = option(2000, "Training images used for BN recalibration.", range=AT_LEAST_1)
+    calib_size: int = option(2000, "Training images used for BN recalibration.", range=AT_LEAST_1,
+                             unread=lambda e: "" if e.recalibrate else "--no-recalibrate calibrates nothing")
     calib_seed: int = option(0, "Seed choosing the calibration subset (and sampled plans).", range=SEED)
     recalibrate: bool = option(True, "Recalibrate BN on the calibration images before evaluating each plan "
                                "(--no-recalibrate: the stored statistics).")
     calib_augment: bool = option(True, "Draw the calibration images with the training augmentation (crop, flip), "
                                  "the distribution BN's running statistics come from, as the paper's code does "
-                                 "(--no-calib-augment: as evaluated).")
+                                 "(--no-calib-augment: as evaluated).",
+                                 unread=lambda e: "" if e.recalibrate else "--no-recalibrate calibrates nothing")
     batch_size: int = option(256, "Batch size of the evaluation.", range=AT_LEAST_1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N.")
     space: str = option("ordered", "Plans to evaluate.", choices=_spaces, what="space")

@@ -1,9 +1,14 @@
 """Published checkpoints named on the command line (`--ckpt akamaster:resnet56`), fetched once into torch's hub cache
-(`torch.hub.get_dir()/checkpoints`) and checked, on every use, against the sha256 prefix their file name carries."""
+(`torch.hub.get_dir()/checkpoints`) and checked, on every use, against the sha256 prefix their file name carries; and
+where a library's named weights are cached, so that a first use without a network fails at once instead of retrying.
+"""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import socket
+import urllib.parse
 from pathlib import Path
 
 from loafing.errors import LoafingError
@@ -81,3 +86,66 @@ def hub_checkpoint(text: str) -> tuple[Path, str]:
         raise LoafingError(f"cached checkpoint {str(path)!r} is corrupted (its sha256 does not start with {prefix}, "
                            "as its name says): delete it, and it is downloaded again")
     return path, akamaster_model(name)
+
+
+def _torch_hub_file(url: str) -> Path:
+    """Where torch.hub (and timm's URL downloads, and torchvision's) caches the file of `url`."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlsplit(url).path)
+
+
+def _timm_cache(name: str) -> tuple[bool, str, str]:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg.hf_hub_id:  # timm's first choice, as huggingface_hub is installed with it
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        cached = any(isinstance(try_to_load_from_cache(repo, f, revision=revision or None), str) for f in files)
+        folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+        return cached, f"copy the Hugging Face hub's cache folder {str(folder)!r} from a machine that has it", \
+            constants.ENDPOINT
+    if cfg.url:
+        file = _torch_hub_file(cfg.url)
+        return file.exists(), f"put {file.name} ({cfg.url}) in {str(file.parent)!r}", cfg.url
+    return True, "", ""  # a file its configuration names: nothing to download
+
+
+def _torchvision_cache(name: str, weights: str) -> tuple[bool, str, str]:
+    import torchvision
+
+    url = torchvision.models.get_model_weights(name)[weights.rpartition(".")[2]].url
+    file = _torch_hub_file(url)
+    return file.exists(), f"put {file.name} ({url}) in {str(file.parent)!r}", url
+
+
+def unreachable(url: str, timeout: float = 5.0) -> str:
+    """Why the host of `url`, or the proxy the environment puts before it, cannot be connected to now ("" if it can)."""
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as err:
+        return err.strerror or str(err) or type(err).__name__
+    return ""
+
+
+def check_weights_reachable(model: str, weights: str) -> None:
+    """Raise a one-line LoafingError at once when `model`'s named `weights` (the library's full name of them) are
+    neither in the library's local cache nor downloadable now: the libraries' own downloaders retry for a minute
+    before they fail. The message says where to put the weights."""
+    library, _, name = model.partition(":")
+    cached, where, url = _timm_cache(weights) if library == "timm" else _torchvision_cache(name, weights)
+    reason = "" if cached else unreachable(url)
+    if reason:
+        raise LoafingError(f"{model}'s weights {weights} are not in the local cache and "
+                           f"{urllib.parse.urlsplit(url).hostname} cannot be reached ({reason}): {where}, or give "
+                           "--weights a state-dict file")

@@ -57,6 +57,19 @@ def mean_block_cosines(model: StagedModel, loader: DataLoader,
     return {b: sums[b] / n_seen if comparable[b] else math.nan for b in blocks}, n_seen
 
 
+@torch.no_grad()
+def shape_keeping_blocks(model: StagedModel, x: torch.Tensor, device: torch.device) -> list[int]:
+    """The blocks of the main plan whose output has its input's shape, found by running the images `x` through it."""
+    model.eval()
+    kept, h = [], model.stem(x.to(device))
+    for b in model.layout.main_plan.sequence():
+        out = model.run_step(b, h)
+        if out.shape == h.shape:
+            kept.append(b)
+        h = out
+    return kept
+
+
 def block_influence(loaded: LoadedModel, data: DataSplits, evaluation: EvalConfig, *, progress: bool = True,
                     world: World = World(), delete_one: pd.DataFrame | None = None) -> pd.DataFrame:
     """The influence table: per block of the main network its stage, whether it can be deleted, the mean cosine of
@@ -70,6 +83,11 @@ def block_influence(loaded: LoadedModel, data: DataSplits, evaluation: EvalConfi
     layout = model.layout
     device = evaluation_device(evaluation, world)
     model.to(device)
+    probe = next(iter(make_loader(data.test, 2)), None)
+    if probe is not None and not shape_keeping_blocks(model, probe[0], device):
+        raise LoafingError(f"block influence compares each block's input with its output, and no block of "
+                           f"{loaded.config['model']} keeps its input's shape (a DenseNet's dense layers add channels "
+                           "to it): there is nothing to measure")
     calib = calibration_loader(model, data, evaluation)
     with preserved_bn_state(model):
         if calib is not None:

@@ -26,6 +26,7 @@ from loafing.schema import run_identifiers, with_run_identifiers
 from loafing.weights import FIXED_SIZE_DATASETS
 
 Z_95 = 1.959964  # two-sided 95% normal quantile
+BLOCK = "block"  # the one view in which a network trained alone and a host's sub-network are the same architecture
 
 
 def architecture_depths(loaded: LoadedModel) -> tuple[int, ...]:
@@ -46,17 +47,32 @@ def inside_plans(host: LoadedModel, networks: Sequence[LoadedModel]) -> list[Pla
     return list(dict.fromkeys(plans))
 
 
+def check_inside_view(granularity: str | None) -> None:
+    """Refuse a view other than blocks for the inside-vs-alone comparison (a study checks it before training)."""
+    if granularity not in (None, BLOCK):
+        raise LoafingError(f"inside-vs-alone compares networks block by block (a smaller network inside a bigger one "
+                           f"is its first blocks of each stage); --granularity {granularity} has no such comparison")
+
+
 def load_family(checkpoints: Sequence[str], dataset: str | None = None, data_dir: str | None = None,
                 image_size: int | None = None, unsafe_load: bool = False, *, out_folder: str | Path | None = None,
-                granularity: str | None = None) -> tuple[list[LoadedModel], DataSplits]:
-    """The checkpoints of one family (each `PATH`, loafing's own, or `MODEL=PATH`, foreign), each seen at
-    `granularity` (default: as trained, which must then be one view for all), and the data set they are evaluated
-    on: the given one, else the first checkpoint's (else digits); every checkpoint must fit it. `out_folder`, where
-    the results go, is refused inside the data folder the first checkpoint names."""
+                granularity: str | None = None, download: bool = False) -> tuple[list[LoadedModel], DataSplits]:
+    """The checkpoints of one family (each `PATH`, loafing's own, or `MODEL=PATH`, foreign), each seen by its blocks
+    (`granularity` may only say "block": a sub-network trained alone in the unit view is refused), and the data set
+    they are evaluated on: the given one, else the first checkpoint's (else digits); every checkpoint must fit it.
+    `out_folder`, where the results go, is refused inside the data folder the first checkpoint names."""
+    check_inside_view(granularity)
     networks = []
     for text in checkpoints:
         model, _, path = text.rpartition("=")
-        networks.append(load_model(path, model or None, unsafe_load=unsafe_load, granularity=granularity))
+        loaded = load_model(path, model or None, unsafe_load=unsafe_load, granularity=granularity)
+        if loaded.model.granularity != BLOCK:  # trained in another view: the same network, seen by its blocks
+            if trained_plan(loaded) is not None:
+                raise LoafingError(f"{path} trained the sub-network {loaded.config['plan']} alone in the "
+                                   f"{loaded.model.granularity} view, whose steps are not blocks: inside-vs-alone "
+                                   "compares networks block by block (measure it with `loafing measure`)")
+            loaded = load_model(path, model or None, unsafe_load=unsafe_load, granularity=BLOCK)
+        networks.append(loaded)
     if not networks:
         raise LoafingError("give at least two checkpoints: a smaller network and one it fits inside")
     names = [network.config.get("run") for network in networks]
@@ -65,13 +81,9 @@ def load_family(checkpoints: Sequence[str], dataset: str | None = None, data_dir
         paths = [text.rpartition("=")[2] for text, name in zip(checkpoints, names) if name == twice]
         raise LoafingError(f"two checkpoints are both named {twice!r} ({', '.join(paths)}); rename a file or run "
                            "folder so that each network has a name of its own")
-    views = sorted({n.model.granularity for n in networks})
-    if len(views) > 1:  # a plan's depths count blocks in one view and units in the other: they do not compare
-        raise LoafingError(f"the checkpoints were trained in different views ({', '.join(views)}); give "
-                           "--granularity to see them all in one")
     if out_folder is not None and data_dir is None:
         check_output_folder(out_folder, folders=[networks[0].config.get("data_dir")])
-    data = evaluation_data(networks[0], dataset, data_dir, False, image_size)
+    data = evaluation_data(networks[0], dataset, data_dir, download, image_size)
     data_set = dataset or networks[0].config.get("dataset") or "digits"
     framing = _framing(networks[0], data_set, image_size)
     for text, loaded in zip(checkpoints[1:], networks[1:]):

@@ -182,7 +182,7 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
     import fcntl
 
     folder = Path(folder)
-    created = not folder.exists()
+    created = [f for f in (folder, *folder.parents) if not f.exists()]  # the run folder and new folders above it
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / ".lock", "a+")
     try:
@@ -205,7 +205,7 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 if [p.name for p in folder.iterdir()] == [".lock"]:
                     (folder / ".lock").unlink()
-                    if created:
-                        folder.rmdir()
+                    for new in created:
+                        new.rmdir()
     finally:
         handle.close()

@@ -24,17 +24,42 @@ from loafing.schema import run_identifiers, with_run_identifiers
 from loafing.weights import input_framing, load_library_weights
 
 
+DEFAULT_DATASET = "digits"  # what a checkpoint naming no data set is evaluated on unless --dataset says otherwise
+
+
 def evaluation_data(loaded: LoadedModel, dataset: str | None = None, data_dir: str | None = None,
                     download: bool = False, image_size: int | None = None) -> DataSplits:
-    """The data a checkpoint is evaluated on: the given data set, else the one it was trained on (else digits),
-    in its model's input recipe at its training image size unless `image_size` says otherwise."""
+    """The data a checkpoint is evaluated on: the given data set, else the one it was trained on (else digits, for
+    a foreign network built for digits' classes and image size), in its model's input recipe at its training image
+    size unless `image_size` says otherwise."""
     config = loaded.config
-    dataset = dataset or config.get("dataset") or "digits"
+    named = dataset or config.get("dataset")
+    dataset = named or DEFAULT_DATASET
     recipe, image_size, eval_resize, interpolation = evaluation_framing(loaded, dataset, image_size)
     data = load_dataset(dataset, data_dir or config.get("data_dir"), download, recipe, image_size,
                         eval_resize=eval_resize, eval_interpolation=interpolation)
-    check_classes(loaded, data)
+    try:
+        check_classes(loaded, data)
+    except LoafingError as err:
+        raise LoafingError(f"{err}" + ("" if named else f" ({dataset} is only the default: name its data set with "
+                                       "--dataset)")) from None
+    if not named:
+        check_default_data(loaded, data)
     return data
+
+
+def check_default_data(loaded: LoadedModel, data: DataSplits) -> None:
+    """Refuse to evaluate a foreign network on the default data set, which no one named, unless it is built for its
+    classes and image size; akamaster's networks are CIFAR-10's, whatever their class count says."""
+    config = loaded.config
+    where = f"name its data set with --dataset ({data.name}, the default, is a guess)"
+    if loaded.source == "akamaster":
+        raise LoafingError(f"{config['run']} is in akamaster's format, whose networks are CIFAR-10's: {where}, "
+                           "e.g. cifar10, or imagefolder with --data-dir of CIFAR-10's image files")
+    side = get_spec(config["model"], config.get("model_args")).image_size
+    if side != data.image_size:
+        raise LoafingError(f"{config['model']} takes {side}x{side} images, {data.name} {data.image_size}x"
+                           f"{data.image_size}: {where}")
 
 
 def evaluation_framing(loaded: LoadedModel, dataset: str, image_size: int | None = None
@@ -69,7 +94,7 @@ def plans_to_measure(loaded: LoadedModel, space: str) -> list[Plan]:
     return [alone] if alone else get_space(space, loaded.model.layout)
 
 
-def load_for_evaluation(ckpt: str | None, *, model: str | None = None, width_mult: float = 1.0,
+def load_for_evaluation(ckpt: str | None, *, model: str | None = None, width_mult: float | None = None,
                         dataset: str | None = None, data_dir: str | None = None, download: bool = False,
                         image_size: int | None = None, unsafe_load: bool = False, world: World = World(),
                         out: str | Path | None = None, granularity: str | None = None,

@@ -7,7 +7,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from loafing.errors import LoafingError
 
@@ -60,11 +60,16 @@ def check_choice(what: str, value: str, names: list[str]) -> None:
         raise LoafingError(f"unknown {what} {value!r}; valid choices: {', '.join(names)}")
 
 
+# When the rest of the settings leave one unread: settings -> why (empty: it is read).
+Unread = Callable[[Any], str]
+
+
 def option(default: Any, help: str, *, range: Range | None = None, choices: Callable[[], list[str]] | None = None,
-           what: str = "", cli: bool = True) -> Any:
-    """A config field with the metadata the command line and `validate_config` read (`what` names its choices)."""
+           what: str = "", cli: bool = True, unread: Unread | None = None) -> Any:
+    """A config field with the metadata the command line and `validate_config` read (`what` names its choices;
+    `unread` says why the other settings would leave it unread, for `check_typed`)."""
     return field(default=default, metadata={"help": help, "range": range, "choices": choices, "what": what,
-                                            "cli": cli})
+                                            "cli": cli, "unread": unread})
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class OptionSpec:
     range: Range | None = None
     choices: Callable[[], list[str]] | None = None
     what: str = ""  # what the choices are called in an error message
+    unread: Unread | None = None  # why the other settings would leave it unread (empty: it is read)
 
     @property
     def flag(self) -> str:
@@ -96,7 +102,7 @@ def option_specs(cls: type) -> list[OptionSpec]:
     """The command-line options of a config dataclass declared with `option(...)` fields, in declaration order."""
     hints = typing.get_type_hints(cls)
     return [OptionSpec(f.name, _base_type(hints[f.name]), f.default, f.metadata["help"], f.metadata["range"],
-                       f.metadata["choices"], f.metadata["what"])
+                       f.metadata["choices"], f.metadata["what"], f.metadata.get("unread"))
             for f in dataclasses.fields(cls) if f.metadata.get("cli", False)]
 
 
@@ -110,3 +116,13 @@ def check_value(flag: str, value: Any, allowed: Range | None, choices: Callable[
         check_number(flag, value, allowed)
     if choices is not None:
         check_choice(what, value, choices())
+
+
+def check_typed(settings: Any, typed: Iterable[str], specs: Iterable[OptionSpec]) -> None:
+    """Raise a one-line LoafingError for the first of `specs` typed on the command line (`typed`: their names) that
+    `settings` would leave unread: a typed option that changes nothing hides a mistake."""
+    typed = set(typed)
+    for spec in specs:
+        why = spec.unread(settings) if spec.name in typed and spec.unread is not None else ""
+        if why:
+            raise LoafingError(f"{spec.flag} would be ignored: {why}; drop it")

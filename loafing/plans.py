@@ -46,6 +46,22 @@ class Layout:
         return Plan(self.stages)
 
 
+def split_at_fixed_blocks(layout: Layout) -> Layout:
+    """`layout` with each block that cannot be skipped, other than its stage's first, starting a stage of its own (a
+    stride or width change inside a library's stage), so that only a stage's first block may be unskippable and an
+    ordered sub-network (per stage its first d blocks) keeps every such block. Prefix-only layouts are kept as they are
+    (a DenseNet's stage is shortened from its end); a stage with no blocks is dropped."""
+    if layout.prefix_only:
+        return layout
+    stages: list[list[int]] = []
+    for blocks in layout.stages:
+        for b in blocks:
+            if b == blocks[0] or b not in layout.skippable:
+                stages.append([])
+            stages[-1].append(b)
+    return Layout(tuple(tuple(s) for s in stages), layout.skippable)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Per stage, the steps that run, in order (b: block b; -b: its branch only). `str(plan)` is its canonical form."""

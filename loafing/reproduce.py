@@ -1,12 +1,14 @@
 """The one orchestrator: run a study definition end to end — training runs, measure, destruct, KL, figures.
 
-Completed work is reused: a run whose folder holds a finished training of the same configuration is
-not retrained, an interrupted one is resumed, and a result CSV newer than its checkpoint (made with
-the same evaluation settings) is not recomputed.
+Completed work is reused: a run whose folder holds a finished training of the same configuration on the same
+data is not retrained, an interrupted one is resumed, and a result CSV made from its checkpoint as it is, on the
+same data, with the same evaluation settings is not recomputed (`loafing.provenance`). A run another study trained
+is never trained over, and a run of other data is never reused: both are refused before any work starts.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -27,37 +29,28 @@ from loafing.io import write_json
 from loafing.methods import METHODS, get_method
 from loafing.models import get_spec
 from loafing.measure import summarize_measure
+from loafing.provenance import ORIGIN_NAME, check_run_folder, data_fingerprint, setting_differences, write_origin
 from loafing.schema import read_table
 from loafing.studies import InsideSpec, Preset, RunSpec  # noqa: F401  (a study's definition, re-exported)
 from loafing.study_results import (collect_results, evaluate_run, evaluation_settings, inside_grid, result_file,
                                    results_are_fresh)
-from loafing.run_state import CHECKPOINT_NAME, load_config
+from loafing.run_state import CHECKPOINT_NAME
+from loafing.signals import stop_children, unless_stopping, worker_signals
 from loafing.train import check_config, train, training_data
-from loafing.weights import resolved_weights
 
-
-# Where a run executes, where its folder and its data live do not change what it is (a study's folder may move, e.g.
-# committed and checked out on another machine, and resume there).
-NOT_IDENTIFYING = ("run", "out", "num_classes", "device", "workers", "data_dir", "download")
+DATA_SETTINGS = ("dataset", "data_dir", "download", "model", "image_size")  # what a run's data depends on
 
 
 def has_config(run_dir: str | Path, config: TrainConfig) -> bool:
     """Whether `run_dir` holds a run (finished or not) of this configuration (its method's options included, the
     ones left at their defaults as the defaults)."""
-    if not (Path(run_dir) / CHECKPOINT_NAME).exists():
-        return False
-    saved = dataclasses.asdict(with_method_defaults(load_config(run_dir)))
-    wanted = dataclasses.asdict(with_method_defaults(config))
-    for settings in (saved, wanted):  # a run records the set "pretrained" resolved to (one before that, "pretrained")
-        if settings["weights"] is not None:
-            settings["weights"] = resolved_weights(settings["model"], settings["weights"])
-    return all(saved[k] == wanted[k] for k in wanted if k not in NOT_IDENTIFYING)
+    return (Path(run_dir) / CHECKPOINT_NAME).exists() and not setting_differences(Path(run_dir), config)
 
 
 def is_complete(config: TrainConfig) -> bool:
     """Whether `config.out` holds a finished run of exactly this configuration."""
     out = Path(config.out)
-    return has_config(out, config) and read_checkpoint(out / CHECKPOINT_NAME)["epoch"] == config.epochs
+    return has_config(out, config) and read_checkpoint(out / CHECKPOINT_NAME, own=True)["epoch"] == config.epochs
 
 
 def train_once(config: TrainConfig, progress: bool = True) -> Path:
@@ -68,6 +61,24 @@ def train_once(config: TrainConfig, progress: bool = True) -> Path:
     started = has_config(out, config)
     train(config, progress=progress, resume=started, overwrite=not started)
     return out
+
+
+def train_for_study(config: TrainConfig, study: str, fingerprint: dict[str, Any]) -> None:
+    """`train_once` in a folder that first records the study and the data; a run that fails before its first
+    checkpoint leaves no folder behind (as `loafing train` leaves none)."""
+    out = Path(config.out)
+    created = not out.exists()
+    write_origin(out, study, fingerprint)
+    try:
+        train_once(config, progress=False)
+    finally:
+        if not (out / CHECKPOINT_NAME).exists():
+            (out / ORIGIN_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if {p.name for p in out.iterdir()} <= {".lock"}:  # the lock of a run that never started
+                    (out / ".lock").unlink(missing_ok=True)
+                    if created:
+                        out.rmdir()
 
 
 @dataclass
@@ -85,23 +96,27 @@ def run_config(spec: RunSpec, runs_dir: Path, device: str) -> TrainConfig:
     return dataclasses.replace(spec.config, out=str(runs_dir / spec.name), run=spec.name, device=device)
 
 
-def is_finished(spec: RunSpec, runs_dir: Path, preset: Preset, device: str) -> bool:
+def is_finished(spec: RunSpec, runs_dir: Path, preset: Preset, device: str, fingerprint: dict[str, Any]) -> bool:
     """Whether a run is trained and every evaluation of it is fresh, with the preset's evaluation settings."""
     config = run_config(spec, runs_dir, device)
-    return is_complete(config) and results_are_fresh(spec, Path(config.out), preset)
+    return is_complete(config) and results_are_fresh(spec, Path(config.out), preset, fingerprint)
 
 
-def complete_run(spec: RunSpec, runs_dir: Path, preset: Preset, device: str, threads: int = 0) -> RunReport:
-    """Train (or reuse) one run, then measure and destruct it as the spec asks; results stay in its folder."""
+def complete_run(spec: RunSpec, runs_dir: Path, preset: Preset, device: str, fingerprint: dict[str, Any],
+                 threads: int = 0) -> RunReport:
+    """Train (or reuse) one run on the data of `fingerprint`, then measure and destruct it as the spec asks; results
+    stay in its folder."""
+    unless_stopping()
     if threads:
         torch.set_num_threads(threads)
     config = run_config(spec, runs_dir, device)
     out = Path(config.out)
     report = RunReport(spec.name, trained=not is_complete(config))
     start = time.perf_counter()
-    train_once(config, progress=False)
+    if report.trained:
+        train_for_study(config, preset.name, fingerprint)
     report.seconds["train"] = time.perf_counter() - start
-    report.seconds.update(evaluate_run(spec, out, preset, device))
+    report.seconds.update(evaluate_run(spec, out, preset, device, fingerprint))
     if spec.measure:
         report.summary = summarize_measure(read_table(out / result_file("measure"), "measure"))
     return report
@@ -121,7 +136,8 @@ def estimated_cost(spec: RunSpec, preset: Preset) -> float:
     factor = method.run_cost(with_method_defaults(config).method_options) if method.run_cost else method.relative_cost
     if config.plan:
         factor *= 0.5  # a sub-network alone is shallower; a rough guess, only used to order and estimate
-    return config.epochs * preset.train_images * factor
+    images = min(config.train_size, preset.train_images) if config.train_size else preset.train_images
+    return config.epochs * images * factor
 
 
 def method_options_text(config: TrainConfig) -> str:
@@ -173,11 +189,15 @@ def dry_run_text(preset: Preset) -> str:
         methods = [m for m in METHODS if m in set(plan["method"])]
         costs = ", ".join(f"{m} {get_method(m).relative_cost:.2g}x"
                           + (" at its defaults" if get_method(m).run_cost else "") for m in methods)
-        line = (f"rough cost: {plan['image_passes'].astype(float).sum():.3g} image passes (each method at its "
+        total = sum(estimated_cost(spec, preset) for spec in preset.runs)  # the rows' costs are rounded
+        line = (f"rough cost: {total:.3g} image passes (each method at its "
                 f"training cost relative to CT: {costs})")
         if "paper_gpu_hours" in plan:
             line += f", about {plan['paper_gpu_hours'].sum():.0f} GPU-hours at the paper's pace"
         lines.append(line)
+    elif len(plan):
+        lines.append("rough cost: not estimated: the study file does not say how many training images its data set "
+                     "has (set train_images)")
     return "\n".join(lines)
 
 
@@ -185,8 +205,9 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
               data_dir: str | None = None, progress: bool = True) -> tuple[pd.DataFrame, list[Any]]:
     """Run every run of `preset` into `out/runs`, collect tidy CSVs in `out/results`, figures in `out/figures`.
 
-    Completed work is reused: a finished run with the same config is not retrained and a result CSV
-    newer than its checkpoint is not recomputed, so an interrupted reproduction continues.
+    Completed work is reused: a finished run with the same config on the same data is not retrained and a result
+    CSV made from its checkpoint is not recomputed, so an interrupted reproduction continues. Ctrl-C (and SIGTERM
+    or SIGHUP, as `loafing.signals` raises them) stops the runs' worker processes too.
     Returns one summary row per run and the figure outcomes.
     """
     out = Path(out)
@@ -200,10 +221,16 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
         check_config(run_config(spec, runs_dir, device))
         if preset.evaluation.granularity is not None:  # a view its evaluations need that the network has not
             get_spec(spec.config.model, spec.config.model_args, preset.evaluation.granularity)
-    data_settings = ("dataset", "data_dir", "download", "model", "image_size")
-    for settings in {tuple(getattr(s.config, name) for name in data_settings) for s in specs}:
+    fingerprints = {}
+    for settings in {tuple(getattr(s.config, name) for name in DATA_SETTINGS) for s in specs}:
         # Missing or broken data fails here, before hours of training, not after.
-        training_data(TrainConfig(**dict(zip(data_settings, settings))))
+        values = dict(zip(DATA_SETTINGS, settings))
+        fingerprints[settings] = data_fingerprint(training_data(TrainConfig(**values)), values["data_dir"])
+    fingerprints = {s.name: fingerprints[tuple(getattr(s.config, name) for name in DATA_SETTINGS)] for s in specs}
+    for spec in specs:  # another study's run, or a run of other data, is refused before any run starts
+        config = run_config(spec, runs_dir, device)
+        check_run_folder(Path(config.out), config, preset.name, fingerprints[spec.name],
+                         repr(config.data_dir) if config.data_dir else config.dataset)
     for text in preset.inside.checkpoints if preset.inside else ():
         if not Path(text.rpartition("=")[2]).is_file():
             raise LoafingError(f"study {preset.name!r}: checkpoint file {text.rpartition('=')[2]} does not exist")
@@ -216,7 +243,8 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
 
     def finished(report: RunReport) -> None:
         reports[report.name] = report
-        done = "reused" if not report.trained else f"trained {report.seconds['train']:.0f} s"
+        # Wall time, start-up and per-epoch evaluation included: Table r4's training time counts the steps only.
+        done = "reused" if not report.trained else f"trained in {report.seconds['train']:.0f} s wall"
         main = f", main {report.summary['main_top1']:.2f}%" if report.summary else ""
         bar.write(f"  {report.name}: {done}, evaluated {sum(report.seconds.values()) - report.seconds['train']:.0f} s"
                   + main)
@@ -224,7 +252,7 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
 
     todo = []
     for spec in ordered:
-        if is_finished(spec, runs_dir, preset, device):
+        if is_finished(spec, runs_dir, preset, device, fingerprints[spec.name]):
             measured = runs_dir / spec.name / result_file("measure")
             summary = summarize_measure(read_table(measured, "measure")) if spec.measure else {}
             finished(RunReport(spec.name, trained=False, seconds={"train": 0.0}, summary=summary))
@@ -233,13 +261,18 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
     # Every run in a fresh process with its share of the cores: small models use several cores poorly,
     # and a per-run process makes the CPU peak-memory column of train_log.csv that run's own.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = [pool.submit(complete_run, spec, runs_dir, preset, device, threads) for spec in todo]
+    stopping, others = context.Event(), multiprocessing.active_children()  # others: a caller's, left alone
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1,
+                                                initializer=worker_signals, initargs=(stopping,)) as pool:
+        futures = [pool.submit(complete_run, spec, runs_dir, preset, device, fingerprints[spec.name], threads)
+                   for spec in todo]
         try:
             for future in concurrent.futures.as_completed(futures):
                 finished(future.result())
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # do not start the other runs after a failure or Ctrl-C
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):  # Ctrl-C, SIGTERM or SIGHUP: the running runs stop too
+                stop_children(stopping, spared=others)
+            pool.shutdown(cancel_futures=True)  # do not start the other runs after a failure
             raise
     bar.close()
 

@@ -1,4 +1,5 @@
-"""The tidy tables: which columns identify a run, and every table's columns and types, declared once.
+"""The tidy tables: every table's columns, types and ranges, declared once (the columns that identify a run are
+declared in `loafing.run_columns`).
 
 Every writer goes through `write_table` and every reader through `read_table`, so a value keeps its
 type on a round trip: `layers` "2" stays the text "2", an absent `space_size` stays missing, `seed` stays an
@@ -6,44 +7,23 @@ integer. Text columns never turn empty cells into NaN.
 """
 from __future__ import annotations
 
+import codecs
+import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from loafing import legacy
 from loafing.errors import LoafingError
 from loafing.io import write_csv
-from loafing.method_styles import FOREIGN_METHOD, FOREIGN_STYLE, STYLE_COLUMNS, method_style, variant_text
-
-TEXT, FLOAT, INT, OPTIONAL_INT, BOOL = "str", "float64", "int64", "Int64", "bool"
-
-# The columns that identify a run in every table; a training method may add its own (see run_columns). The
-# method_* columns are how figures show the run's method (its label, colour, role and registry position), written
-# into every row so that a reader needs neither the method registry nor torch.
-BASE_RUN_COLUMNS: dict[str, str] = {
-    "run": TEXT, "model": TEXT, "width_mult": FLOAT, "method": TEXT, "method_label": TEXT, "method_colour": TEXT,
-    "method_role": TEXT, "method_order": OPTIONAL_INT, "seed": OPTIONAL_INT, "dataset": TEXT, "trained_plan": TEXT,
-    # The run's settings of its method's variant options that differ from their defaults ("subnets=4,
-    # kl_logits=normalized"; empty at the defaults): runs of one method in other variants are other schemes.
-    "variant": TEXT,
-}
-# What tells runs apart in a table: a run's name alone does not (two studies of other models may both have a "ct").
-RUN_KEY = ("run", "model", "width_mult", "method", "seed", "dataset", "trained_plan")
-
-
-@dataclass(frozen=True)
-class MethodColumn:
-    """A run column that training methods add: its type, the methods whose rows fill it, and the value of their rows
-    in a table written before the column existed (the option's default)."""
-
-    kind: str
-    methods: tuple[str, ...]
-    default: Any = None
-
-
-_method_run_columns: dict[str, MethodColumn] = {}
+from loafing.method_styles import FOREIGN_METHOD, FOREIGN_STYLE, STYLE_COLUMNS
+from loafing.run_columns import (  # noqa: F401  (declared there, read here and by every table's user)
+    BASE_RUN_COLUMNS, BOOL, FLOAT, INT, OPTIONAL_INT, RUN_KEY, TEXT, add_run_column, method_run_columns,
+    remove_run_column, run_columns, run_identifiers, with_run_identifiers)
 
 PLAN_COLUMNS = {"plan": TEXT, "depths": TEXT, "n_blocks": INT, "is_main": BOOL}
 # What the model's spec calls the network a plan runs ("ResNet20"; empty where it has no name), for the figures.
@@ -56,6 +36,21 @@ METRIC_COLUMNS = {"top1": FLOAT, "top5": FLOAT, "loss": FLOAT, "n_examples": INT
 CALIBRATION_COLUMNS = {"recalibrated": BOOL, "calib_size": INT, "calib_seed": INT, "calib_augmented": BOOL}
 # Before 2026-12-03 the calibration images were drawn without the training augmentation.
 OLD_CALIB_AUGMENTED = False
+# What a value of a column can be, in whichever table it appears (inclusive bounds): a finite number within them, or
+# missing. A results file holding anything else was not written by a measurement, and is refused.
+PERCENT, PERCENT_CHANGE, NON_NEGATIVE, FINITE = (0.0, 100.0), (-100.0, 100.0), (0.0, math.inf), (-math.inf, math.inf)
+RANGES: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(("top1", "top5", "test_top1_recalibrated", "test_top1_running_bn", "top1_inside", "top1_alone"),
+                    PERCENT),
+    **dict.fromkeys(("drop", "top1_drop", "gap"), PERCENT_CHANGE),  # a difference of two percentages
+    **dict.fromkeys(("loss", "ce", "kl", "test_loss_recalibrated", "test_loss_running_bn", "lr", "seconds",
+                     "examples_per_s", "peak_memory_mib", "n", "n_blocks", "calib_size", "epoch", "method_order"),
+                    NON_NEGATIVE),
+    "cosine": (-1.0, 1.0), "influence": (0.0, 2.0), "n_examples": (1.0, math.inf), "block": (1.0, math.inf),
+    "stage": (1.0, math.inf), "width_mult": (0.0, math.inf), "gap_ci_low": FINITE, "gap_ci_high": FINITE,
+}
+ROUNDING = 1e-6  # a value this close to a bound (relative to the bound) is the bound, rounded (a cosine of 1 + 1e-7)
+HEADER_BYTES = 1 << 16  # how much of a file tells whether it is a table of ours
 
 
 @dataclass(frozen=True)
@@ -66,6 +61,7 @@ class Table:
     file: str
     columns: Mapping[str, str]
     key: tuple[str, ...] = ()  # the columns that name a row: a tidy table holds one row per key (empty: no key)
+    marks: tuple[str, ...] = ()  # besides `run`, the columns whose presence makes a CSV this kind (see table_kind)
 
     def dtypes(self) -> dict[str, str]:
         """Every column of the table, run columns first, with its type."""
@@ -74,76 +70,30 @@ class Table:
 
 TABLES: dict[str, Table] = {t.name: t for t in (
     Table("measure", "measure.csv", {**GRANULARITY_COLUMN, **PLAN_COLUMNS, **ARCHITECTURE_COLUMN, **METRIC_COLUMNS,
-                                     **CALIBRATION_COLUMNS, "space": TEXT}, key=(*RUN_KEY, "granularity", "plan")),
+                                     **CALIBRATION_COLUMNS, "space": TEXT}, key=(*RUN_KEY, "granularity", "plan"),
+          marks=("plan", "is_main", "top1")),
     Table("destruct", "destruct.csv", {
         "mode": TEXT, "n": INT, "layers": TEXT, **GRANULARITY_COLUMN, **PLAN_COLUMNS, **ARCHITECTURE_COLUMN,
         "top1": FLOAT, "drop": FLOAT, "top5": FLOAT, "loss": FLOAT, "n_examples": INT, "kl": FLOAT,
-        **CALIBRATION_COLUMNS, "sampled": BOOL}),
+        **CALIBRATION_COLUMNS, "sampled": BOOL}, marks=("plan", "mode", "n", "layers", "drop")),
     # Per host network and architecture trained alone (Fig. 1's pairs): the loafing gap, paired over test images.
     Table("loafing_gap", "loafing_gap.csv", {
         **GRANULARITY_COLUMN, "depths": TEXT, **ARCHITECTURE_COLUMN, "plan": TEXT, "alone_run": TEXT,
         "top1_inside": FLOAT, "top1_alone": FLOAT, "gap": FLOAT, "gap_ci_low": FLOAT, "gap_ci_high": FLOAT,
-        "n_examples": INT, **CALIBRATION_COLUMNS}),
+        "n_examples": INT, **CALIBRATION_COLUMNS}, marks=("alone_run", "top1_inside", "top1_alone", "gap")),
     # Block influence (loafing/influence.py): 1 - mean cosine(block input, block output), and the delete-one drop.
     Table("influence", "influence.csv", {
         **GRANULARITY_COLUMN, "block": INT, "stage": INT, "deletable": BOOL, "cosine": FLOAT, "influence": FLOAT,
-        "top1_drop": FLOAT, "n_examples": INT, **CALIBRATION_COLUMNS}),
+        "top1_drop": FLOAT, "n_examples": INT, **CALIBRATION_COLUMNS}, marks=("block", "influence", "top1_drop")),
     Table("kl_trajectory", "kl_trajectory.csv", {"epoch": INT, **GRANULARITY_COLUMN, **PLAN_COLUMNS, "kl": FLOAT,
-                                                 "top1": FLOAT}),
+                                                 "top1": FLOAT}, marks=("plan", "is_main", "epoch", "kl")),
     Table("train_log", "train_log.csv", {
         "epoch": INT, "lr": FLOAT, "loss": FLOAT, "ce": FLOAT, "kl": FLOAT,
         "test_top1_recalibrated": FLOAT, "test_loss_recalibrated": FLOAT,
         "test_top1_running_bn": FLOAT, "test_loss_running_bn": FLOAT,
-        "seconds": FLOAT, "examples_per_s": FLOAT, "peak_memory_mib": FLOAT, "memory_kind": TEXT}),
+        "seconds": FLOAT, "examples_per_s": FLOAT, "peak_memory_mib": FLOAT, "memory_kind": TEXT},
+          marks=("epoch", "loss", "test_top1_recalibrated")),
 )}
-
-
-def run_columns() -> dict[str, str]:
-    """The run-identifying columns and their types: the base ones, then those the registered training methods add."""
-    return {**BASE_RUN_COLUMNS, **{name: column.kind for name, column in _method_run_columns.items()}}
-
-
-def add_run_column(name: str, kind: str, method: str, default: Any = None) -> None:
-    """Declare a run column that a training method adds (several methods may share one of the same type); runs of
-    other methods leave it empty, so its type must allow missing values (str, float64 or Int64)."""
-    if name in BASE_RUN_COLUMNS:
-        raise ValueError(f"{name!r} is already a run column")
-    if kind not in (TEXT, FLOAT, OPTIONAL_INT):
-        raise ValueError(f"run column {name!r}: type {kind!r} cannot be empty; use {TEXT}, {FLOAT} or {OPTIONAL_INT}")
-    known = _method_run_columns.get(name)
-    if known is not None and (known.kind, known.default) != (kind, default):
-        raise ValueError(f"run column {name!r} is already declared as {known.kind} (default {known.default!r}) by "
-                         f"{', '.join(known.methods)}")
-    owners = (*known.methods, method) if known is not None else (method,)
-    _method_run_columns[name] = MethodColumn(kind, owners, default)
-
-
-def remove_run_column(name: str, method: str | None = None) -> None:
-    """Forget a method's run column (all of it, or only `method`'s share of it)."""
-    known = _method_run_columns.pop(name, None)
-    owners = tuple(m for m in known.methods if m != method) if known is not None and method is not None else ()
-    if owners:
-        _method_run_columns[name] = MethodColumn(known.kind, owners, known.default)
-
-
-def run_identifiers(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """The run columns' values for a run configuration (a TrainConfig as a dict, or a foreign checkpoint's)."""
-    method = config.get("method")
-    ids = {"run": config.get("run"), "model": config.get("model"), "width_mult": config.get("width_mult"),
-           "method": method, **method_style(method), "seed": config.get("seed"), "dataset": dataset,
-           "trained_plan": config.get("plan") or ""}
-    options = config.get("method_options") or {}
-    # A checkpoint written before methods kept their options apart has them at the top level.
-    ids["variant"] = variant_text(method, {**{k: v for k, v in config.items() if k != "method_options"}, **options})
-    for name, column in _method_run_columns.items():
-        ids[name] = options.get(name, config.get(name, column.default)) if method in column.methods else None
-    return ids
-
-
-def with_run_identifiers(df: pd.DataFrame, ids: Mapping[str, Any]) -> pd.DataFrame:
-    """`df` with the run columns in front, each holding the run's value."""
-    return pd.concat([pd.DataFrame({k: [v] * len(df) for k, v in ids.items()}, index=df.index),
-                      df.drop(columns=[c for c in ids if c in df.columns])], axis=1)
 
 
 def conform(df: pd.DataFrame, table: str, required: Sequence[str] | None = None) -> pd.DataFrame:
@@ -193,7 +143,7 @@ def migrated(df: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
                 else [r[i] for r in rows]
         for name, (owner, default) in legacy.METHOD_COLUMNS.items():
             _fill(df, name, methods == owner, default)
-    for name, column in _method_run_columns.items():
+    for name, column in method_run_columns().items():
         if name not in df.columns:
             _fill(df, name, methods.isin(column.methods), column.default)
     if table is not None and "architecture" in TABLES[table].columns and "architecture" not in df.columns:
@@ -221,10 +171,20 @@ def write_table(df: pd.DataFrame, path: str | Path, table: str) -> None:
     write_csv(conform(df, table), path)
 
 
+class NotATable(LoafingError):
+    """A file that is no tidy table of ours (binary, or a header that names none of its table's columns): a reader
+    that looks through a results folder skips it; one that was given that file refuses it."""
+
+
 def read_table(path: str | Path, table: str, required: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read a tidy table with its schema's types (see `conform` for `required`); one-line errors for unreadable
-    files, missing columns and values of the wrong type."""
+    """Read a tidy table with its schema's types (see `conform` for `required`); one-line errors for files that are
+    no table of ours (NotATable), unreadable ones, missing columns, and values of the wrong type or out of RANGES,
+    naming the row."""
     dtypes = TABLES[table].dtypes()
+    header = header_columns(path)  # an empty file is an empty table
+    if header and not set(header) & set(dtypes):
+        raise NotATable(f"{path}: not a results table: its first line names none of the columns of "
+                        f"{TABLES[table].file}")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -233,7 +193,9 @@ def read_table(path: str | Path, table: str, required: Sequence[str] | None = No
         raise LoafingError(f"{path}: not a readable CSV ({type(err).__name__})") from None
     for column, kind in dtypes.items():
         if column in raw.columns and kind != TEXT:
-            raw[column] = _parse(raw[column], kind, path, column)
+            cells = raw[column]
+            raw[column] = _parse(cells, kind, path, column)
+            _check_range(raw[column], cells, path, column)
     raw = migrated(raw)  # before the extra columns are taken: an old file's CT rows lose their lam here too
     conformed = conform(raw, table, required)
     # Columns this process has no schema for (a method that is not registered here) are kept, typed by their cells.
@@ -242,6 +204,51 @@ def read_table(path: str | Path, table: str, required: Sequence[str] | None = No
         kind = _inferred_kind(raw[column])
         conformed[column] = raw[column] if kind == TEXT else _parse(raw[column], kind, path, column)
     return conformed
+
+
+def header_columns(path: str | Path) -> list[str]:
+    """The column names on the first line of a CSV file (none for an empty file); NotATable for a binary one."""
+    with open(path, "rb") as handle:
+        head = handle.read(HEADER_BYTES)
+    if not head:
+        return []
+    line = head.split(b"\n", 1)[0]
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(line, final=len(line) < len(head))
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise NotATable(f"{path}: not a results table: binary, not a readable CSV")
+    return [name.strip().lstrip("\ufeff") for name in next(csv.reader([text]), [])]
+
+
+def table_kind(columns: Sequence[str]) -> str | None:
+    """Which table a CSV with these columns is: of the tables whose `run` and marks it holds all, the one with the
+    most marks (a destruct table holds a measure table's marks too); None where none is, or two tie."""
+    held = set(columns)
+    fits = sorted((len(t.marks), name) for name, t in TABLES.items() if {"run", *t.marks} <= held)
+    return fits[-1][1] if fits and (len(fits) == 1 or fits[-1][0] > fits[-2][0]) else None
+
+
+def _check_range(values: pd.Series, cells: pd.Series, path: str | Path, column: str) -> None:
+    """A one-line error naming the first row whose value of `column` lies outside its RANGES (or is not finite)."""
+    if column not in RANGES:
+        return
+    low, high = RANGES[column]
+    numbers = values.astype(float).to_numpy()
+    present = ~np.isnan(numbers)
+    inside = np.isfinite(numbers) & (numbers >= low - ROUNDING * max(1.0, abs(low)))
+    inside &= numbers <= high + ROUNDING * max(1.0, abs(high))
+    wrong = np.flatnonzero(present & ~inside)
+    if len(wrong):
+        within = {FINITE: "", NON_NEGATIVE: " ≥ 0"}.get((low, high), f" in [{low:g}, {high:g}]")
+        raise LoafingError(f"{path}: column '{column}' holds {cells.iloc[wrong[0]].strip()} in "
+                           f"{_row_text(wrong[0])}, where a finite number{within} belongs")
+
+
+def _row_text(index: int) -> str:
+    """Where the `index`-th data row of a CSV is, for a person opening the file (the header is line 1)."""
+    return f"data row {index + 1} (line {index + 2})"
 
 
 def _inferred_kind(values: pd.Series) -> str:
@@ -268,18 +275,24 @@ def _parse(values: pd.Series, kind: str, path: str | Path, column: str) -> pd.Se
     blank = is_blank(values)
     if kind == BOOL:
         lowered = values.str.strip().str.lower()
-        if not lowered.isin(["true", "false"]).all():
-            raise LoafingError(f"{path}: column '{column}' holds a value that is not {_kind_name(kind)}")
+        _refuse_cells(values, ~lowered.isin(["true", "false"]), kind, path, column)
         return lowered == "true"
     numbers = pd.to_numeric(values.where(~blank), errors="coerce")
-    if (numbers.isna() & ~blank).any():
-        raise LoafingError(f"{path}: column '{column}' holds a value that is not {_kind_name(kind)}")
+    _refuse_cells(values, numbers.isna() & ~blank, kind, path, column)
     if kind in (INT, OPTIONAL_INT):
-        present = numbers.dropna()
-        if (present % 1 != 0).any() or (present.abs() >= 2**63).any() or (kind == INT and blank.any()):
-            raise LoafingError(f"{path}: column '{column}' holds a value that is not {_kind_name(kind)}")
+        wrong = numbers.notna() & ((numbers % 1 != 0) | (numbers.abs() >= 2**63))
+        _refuse_cells(values, wrong | (blank & (kind == INT)), kind, path, column)
         return numbers.astype(OPTIONAL_INT)
     return numbers.astype(FLOAT)
+
+
+def _refuse_cells(values: pd.Series, wrong: pd.Series, kind: str, path: str | Path, column: str) -> None:
+    """A one-line error naming the first of the `wrong` cells, if any."""
+    rows = np.flatnonzero(wrong.to_numpy(dtype=bool))
+    if len(rows):
+        cell = str(values.iloc[rows[0]]).strip()[:40]
+        raise LoafingError(f"{path}: column '{column}' holds a value that is not {_kind_name(kind)} ({cell!r} in "
+                           f"{_row_text(rows[0])})")
 
 
 def _kind_name(kind: str) -> str:

@@ -14,10 +14,12 @@ from typing import Any
 
 import loafing
 import loafing.methods  # noqa: F401  (registers the methods, whose own options a run may set)
-from loafing.config import OptionSpec, TrainConfig, check_choice, check_value, make_train_config, train_option_specs
+from loafing.config import OptionSpec, TrainConfig, check_choice, make_train_config, train_option_specs
 from loafing.destruct import MODES
 from loafing.errors import LoafingError
 from loafing.eval_config import MAX_COMBOS, EvalConfig, eval_option_specs
+from loafing.study_checks import (check_keys, entry, fail, folder_name, model_args, read_study_text, run_names, setting,
+                                  typed)
 
 
 @dataclass(frozen=True)
@@ -63,96 +65,40 @@ SECTION_KEYS = {"measure": ("runs",), "destruct": ("runs", "modes", "max_combos"
 # Run settings a study sets elsewhere, and where.
 NOT_RUN_SETTINGS = {"kl_every": "set it per run in [record.kl_every]", "out": "each run's folder is out/runs/NAME",
                     "device": "give `loafing reproduce --device`"}
-KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
-def _fail(path: Path, where: str, problem: str) -> LoafingError:
-    """The one-line error of a study file: which file, where in it, what is wrong."""
-    return LoafingError(f"{path}: {where}: {problem}" if where else f"{path}: {problem}")
-
-
-def _check_keys(path: Path, where: str, table: Any, valid: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """`table` itself, once it is a table holding only keys of `valid`."""
-    if not isinstance(table, dict):
-        raise _fail(path, where, f"must be a table, got {table!r}")
-    for key in table:
-        if key not in valid:
-            raise _fail(path, where, f"unknown key {key!r}; valid keys: {', '.join(valid)}")
-    return table
-
-
-def _typed(path: Path, where: str, key: str, value: Any, kind: type) -> Any:
-    """`value` as `kind` (an integer is a number too), or a one-line error naming the key and the kind."""
-    if kind is float and type(value) is int:
-        return float(value)
-    if type(value) is not kind:
-        raise _fail(path, where, f"{key} must be {KINDS.get(kind, kind.__name__)}, got {value!r}")
-    return value
-
-
-def _setting(path: Path, where: str, spec: OptionSpec, value: Any) -> Any:
-    """One setting checked against its option: type, range, choices."""
-    value = _typed(path, where, spec.name, value, spec.kind)
-    try:
-        check_value(spec.name, value, spec.range, spec.choices, spec.what)
-    except LoafingError as error:
-        raise _fail(path, where, str(error)) from None
-    return value
-
-
-def _names(path: Path, where: str, value: Any, valid: list[str]) -> tuple[str, ...]:
-    """A list of run names, each one of `valid`."""
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(path, where, f"must be a list of run names, got {value!r}")
-    for name in value:
-        if name not in valid:
-            raise _fail(path, where, f"unknown run {name!r}; valid choices: {', '.join(valid)}")
-    return tuple(value)
-
-
-def _run_settings(path: Path, where: str, table: dict[str, Any], specs: dict[str, OptionSpec]) -> dict[str, Any]:
-    """The run settings of a [defaults] table or a [[runs]] entry, each checked; a list is one run per value."""
+def _run_settings(path: Path, where: str, table: Any, specs: dict[str, OptionSpec]) -> dict[str, Any]:
+    """The run settings of [defaults] or a [[runs]] entry (`where`), each checked; a list is one run per value."""
     settings = {}
     for key in table if isinstance(table, dict) else ():
         if key in NOT_RUN_SETTINGS:
-            raise _fail(path, where, f"{key} is not a run setting here: {NOT_RUN_SETTINGS[key]}")
-    valid = [*specs, "model_args"] if where == "[defaults]" else ["name", *specs, "model_args"]
-    for key, value in _check_keys(path, where, table, valid).items():
+            raise fail(path, entry(where, key), f"is not a run setting here: {NOT_RUN_SETTINGS[key]}")
+    valid = [*specs, "model_args"] if where == "defaults" else ["name", *specs, "model_args"]
+    for key, value in check_keys(path, where, table, valid).items():
+        at = entry(where, key)
         if key == "name":
             continue
         if key == "model_args":  # a table of builder arguments, as --model-arg gives them (a list: one run each)
-            settings[key] = ([_model_args(path, where, v) for v in value] if isinstance(value, list)
-                             else _model_args(path, where, value))
+            settings[key] = ([model_args(path, entry(at, i), v) for i, v in enumerate(value)]
+                             if isinstance(value, list) else model_args(path, at, value))
             continue
         if isinstance(value, list):
             if not value:
-                raise _fail(path, where, f"{key} is an empty list (a list means one run per value)")
-            settings[key] = [_setting(path, where, specs[key], v) for v in value]
+                raise fail(path, at, "is an empty list (a list means one run per value)")
+            settings[key] = [setting(path, entry(at, i), specs[key], v) for i, v in enumerate(value)]
         else:
-            settings[key] = _setting(path, where, specs[key], value)
+            settings[key] = setting(path, at, specs[key], value)
     return settings
 
 
-def _model_args(path: Path, where: str, value: Any) -> dict[str, Any]:
-    """A run's model_args: a table of a timm / torchvision builder's keyword arguments, each checked."""
-    from loafing.models.registry import check_model_args  # torch-free
-
-    if not isinstance(value, dict):
-        raise _fail(path, where, f"model_args must be a table such as {{ img_size = 32 }}, got {value!r}")
-    try:
-        return check_model_args(value)
-    except LoafingError as error:
-        raise _fail(path, where, str(error)) from None
-
-
-def _expand(path: Path, where: str, entry: dict[str, Any], defaults: dict[str, Any],
+def _expand(path: Path, where: str, table: Any, defaults: dict[str, Any],
             specs: dict[str, OptionSpec]) -> list[tuple[str, dict[str, Any]]]:
     """The runs of one [[runs]] entry: one per combination of its list values (the entry's own lists first, in file
     order, then the defaults' lists), named by its `name` template, e.g. "st-lam{lam:g}-seed{seed}"."""
-    own = _run_settings(path, where, entry, specs)
-    template = entry.get("name")
-    if not isinstance(template, str) or not template:
-        raise _fail(path, where, "needs a name (a template such as \"ct-seed{seed}\" where a setting is a list)")
+    own = _run_settings(path, where, table, specs)
+    if "name" not in table:
+        raise fail(path, where, "needs a name (a template such as \"ct-seed{seed}\" where a setting is a list)")
+    template = typed(path, entry(where, "name"), table["name"], str)
     merged = {**defaults, **own}
     varying = [k for k in own if isinstance(own[k], list)]
     varying += [k for k in defaults if k not in own and isinstance(defaults[k], list)]
@@ -162,117 +108,136 @@ def _expand(path: Path, where: str, entry: dict[str, Any], defaults: dict[str, A
         try:
             name = template.format(**{**{s.name: s.default for s in specs.values()}, **flat})
         except (KeyError, IndexError, ValueError) as error:
-            raise _fail(path, where, f"name {template!r} cannot be filled in: {error!r} is not a setting") from None
-        runs.append((name, flat))
+            problem = f"{{{error.args[0]}}} is not a setting" if isinstance(error, KeyError) else str(error)
+            raise fail(path, entry(where, "name"), f"{template!r} cannot be filled in: {problem}") from None
+        runs.append((folder_name(path, entry(where, "name"), name, "a run (its folder is out/runs/NAME)"), flat))
     return runs
 
 
 def _inside(path: Path, table: Any, runs: list[str]) -> InsideSpec:
     """The [inside] table: the networks of one family, this study's runs and checkpoint files."""
-    table = _check_keys(path, "[inside]", table, SECTION_KEYS["inside"])
+    table = check_keys(path, "inside", table, SECTION_KEYS["inside"])
     checkpoints, entries = [], table.get("checkpoints", [])
     if not isinstance(entries, list):
-        raise _fail(path, "[inside] checkpoints", f"must be a list of {{path, model}} tables, got {entries!r}")
-    for i, entry in enumerate(entries, 1):
-        where = f"[inside] checkpoint {i}"
-        entry = _check_keys(path, where, entry, ("path", "model"))
-        if "path" not in entry:
-            raise _fail(path, where, "needs a path (relative to the folder `loafing reproduce` runs in)")
-        model = _typed(path, where, "model", entry.get("model", ""), str)
-        checkpoints.append(f"{model}={_typed(path, where, 'path', entry['path'], str)}" if model else entry["path"])
-    spec = InsideSpec(_names(path, "[inside] runs", table.get("runs", []), runs), tuple(checkpoints),
+        raise fail(path, "inside.checkpoints", f"must be a list of {{path, model}} tables, got {entries!r}")
+    for i, item in enumerate(entries):
+        where = entry("inside.checkpoints", i)
+        item = check_keys(path, where, item, ("path", "model"))
+        if "path" not in item:
+            raise fail(path, where, "needs a path (relative to the folder `loafing reproduce` runs in)")
+        model = typed(path, entry(where, "model"), item.get("model", ""), str)
+        file = typed(path, entry(where, "path"), item["path"], str)
+        checkpoints.append(f"{model}={file}" if model else file)
+    spec = InsideSpec(run_names(path, "inside.runs", table.get("runs", []), runs), tuple(checkpoints),
                       table.get("dataset"))
     if spec.dataset is not None:
-        _setting(path, "[inside]", next(s for s in train_option_specs() if s.name == "dataset"), spec.dataset)
+        setting(path, "inside.dataset", next(s for s in train_option_specs() if s.name == "dataset"), spec.dataset)
     if len(spec.runs) + len(spec.checkpoints) < 2:
-        raise _fail(path, "[inside]", "needs at least two networks (runs and checkpoints together)")
+        raise fail(path, "inside", "needs at least two networks (runs and checkpoints together)")
     return spec
 
 
 def _evaluation(path: Path, table: Any) -> EvalConfig:
     """The [evaluation] table as an EvalConfig."""
     specs = {s.name: s for s in eval_option_specs()}
-    values = {k: _setting(path, "[evaluation]", specs[k], v)
-              for k, v in _check_keys(path, "[evaluation]", table, list(specs)).items()}
+    values = {k: setting(path, entry("evaluation", k), specs[k], v)
+              for k, v in check_keys(path, "evaluation", table, list(specs)).items()}
     try:
         return EvalConfig(**values)
     except LoafingError as error:
-        raise _fail(path, "[evaluation]", str(error)) from None
+        raise fail(path, "evaluation", str(error)) from None
 
 
-def _figures(path: Path, value: Any) -> tuple[str, ...]:
-    """The figures a study draws, each a registered one."""
-    from loafing.figures import FIGURES
-
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(path, "figures", f"must be a list of figure names, got {value!r}")
-    for name in value:
+def _choices(path: Path, where: str, value: Any, what: str, valid: list[str] | tuple[str, ...],
+             empty: bool = False) -> tuple[str, ...]:
+    """A list of names, each one of `valid` (figures, destruct modes); an empty one only where `empty` allows it."""
+    if not isinstance(value, list) or not (value or empty):
+        raise fail(path, where, f"must be a {'' if empty else 'non-empty '}list of {what}s; valid choices: "
+                                f"{', '.join(valid)}")
+    for i, name in enumerate(value):
         try:
-            check_choice("figure", name, list(FIGURES))
+            check_choice(what, name, list(valid))
         except LoafingError as error:
-            raise _fail(path, "figures", str(error)) from None
+            raise fail(path, entry(where, i), str(error)) from None
     return tuple(value)
 
 
+def _unique(path: Path, expanded: list[tuple[int, str, dict[str, Any]]]) -> None:
+    """Refuse two runs of one name, naming the [[runs]] entries that make them."""
+    first: dict[str, int] = {}
+    for i, name, _ in expanded:
+        if name in first:
+            where = entry(entry("runs", i), "name")
+            raise fail(path, where, f"two runs of this entry are named {name!r} (put the varying settings in the "
+                                    "name template)" if first[name] == i else
+                       f"two runs are named {name!r} (runs[{first[name]}] and runs[{i}])")
+        first[name] = i
+
+
 def load_study(path: str | Path) -> Preset:
-    """The study a TOML file defines; anything wrong in it is a one-line LoafingError naming the file and the key."""
+    """The study a TOML file defines; anything wrong in it is a one-line LoafingError naming the file and the entry
+    (`runs[2].lam`: arrays count from 0)."""
     path = Path(path)
     try:
-        study = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise LoafingError(f"cannot read study file {path}: {error.strerror or error}") from None
+        study = tomllib.loads(read_study_text(path))
     except tomllib.TOMLDecodeError as error:
         raise LoafingError(f"{path}: not valid TOML: {error}") from None
-    _check_keys(path, "", study, TOP_KEYS)
+    check_keys(path, "", study, TOP_KEYS)
+    name = typed(path, "name", study.get("name", path.stem), str)
+    folder_name(path, "name", name, "a study (its default folder is reproduce/NAME"
+                + ("; without a name key, the file's name is its name)" if "name" not in study else ")"))
     specs = {s.name: s for s in train_option_specs() if s.name not in NOT_RUN_SETTINGS}
-    defaults = _run_settings(path, "[defaults]", study.get("defaults", {}), specs)
+    defaults = _run_settings(path, "defaults", study.get("defaults", {}), specs)
     entries = study.get("runs", [])
     if not isinstance(entries, list):
-        raise _fail(path, "runs", "must be an array of tables ([[runs]] entries)")
-    expanded = [run for i, entry in enumerate(entries, 1) for run in _expand(path, f"[[runs]] {i}", entry, defaults,
-                                                                             specs)]
-    names = [name for name, _ in expanded]
-    for name in names:
-        if names.count(name) > 1:
-            raise _fail(path, "runs", f"two runs are named {name!r} (put the varying settings in the name template)")
-    sections = {key: _check_keys(path, f"[{key}]", study.get(key, {}), SECTION_KEYS[key]) for key in SECTION_KEYS}
-    record = _check_keys(path, "[record.kl_every]", sections["record"].get("kl_every", {}), names)
+        raise fail(path, "runs", "must be an array of tables ([[runs]] entries)")
+    expanded = [(i, run, flat) for i, table in enumerate(entries)
+                for run, flat in _expand(path, entry("runs", i), table, defaults, specs)]
+    _unique(path, expanded)
+    names = [run for _, run, _ in expanded]
+    sections = {key: check_keys(path, key, study.get(key, {}), SECTION_KEYS[key]) for key in SECTION_KEYS}
+    record = check_keys(path, "record.kl_every", sections["record"].get("kl_every", {}), names)
     kl_spec = next(s for s in train_option_specs() if s.name == "kl_every")
-    kl_every = {name: _setting(path, "[record.kl_every]", kl_spec, value) for name, value in record.items()}
-    measured = _names(path, "[measure] runs", sections["measure"]["runs"], names) \
+    kl_every = {run: setting(path, entry("record.kl_every", run), kl_spec, value) for run, value in record.items()}
+    measured = run_names(path, "measure.runs", sections["measure"]["runs"], names) \
         if "runs" in sections["measure"] else tuple(names)
-    destructed = _names(path, "[destruct] runs", sections["destruct"].get("runs", []), names)
-    influenced = _names(path, "[influence] runs", sections["influence"].get("runs", []), names)
-    modes = sections["destruct"].get("modes", list(MODES))
-    if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes):
-        raise _fail(path, "[destruct] modes", f"must be a list of destruct modes; valid choices: {', '.join(MODES)}")
-    max_combos = _typed(path, "[destruct]", "max_combos", sections["destruct"].get("max_combos", MAX_COMBOS), int)
+    destructed = run_names(path, "destruct.runs", sections["destruct"].get("runs", []), names)
+    influenced = run_names(path, "influence.runs", sections["influence"].get("runs", []), names)
+    modes = _choices(path, "destruct.modes", sections["destruct"].get("modes", list(MODES)), "destruct mode", MODES)
+    max_combos = typed(path, "destruct.max_combos", sections["destruct"].get("max_combos", MAX_COMBOS), int)
     if max_combos < 1:
-        raise _fail(path, "[destruct]", f"max_combos must be at least 1, got {max_combos}")
+        raise fail(path, "destruct.max_combos", f"must be at least 1, got {max_combos}")
     runs = []
-    for name, flat in expanded:
-        settings = {**flat, **({"kl_every": kl_every[name]} if name in kl_every else {})}
+    for i, run, flat in expanded:
+        settings = {**flat, **({"kl_every": kl_every[run]} if run in kl_every else {})}
+        where = entry("runs", i) + (f" (run {run!r})" if sum(j == i for j, _, _ in expanded) > 1 else "")
         try:
             config = make_train_config(settings)
         except LoafingError as error:
-            raise _fail(path, f"run {name!r}", str(error)) from None
-        if name in influenced and config.plan:
-            raise _fail(path, "[influence] runs", f"run {name!r} trains a sub-network alone (plan {config.plan!r}); "
-                        "block influence is measured on runs of the whole network")
-        runs.append(RunSpec(name, config, destruct=name in destructed, measure=name in measured,
-                            influence=name in influenced))
+            raise fail(path, where, str(error)) from None
+        if run in influenced and config.plan:
+            raise fail(path, entry("influence.runs", influenced.index(run)),
+                       f"run {run!r} trains a sub-network alone (plan {config.plan!r}); block influence is measured "
+                       "on runs of the whole network")
+        runs.append(RunSpec(run, config, destruct=run in destructed, measure=run in measured,
+                            influence=run in influenced))
     inside = _inside(path, study["inside"], names) if "inside" in study else None
     if not runs and inside is None:
-        raise _fail(path, "", "a study needs [[runs]] to train or an [inside] evaluation of checkpoints")
+        raise fail(path, "", "a study needs [[runs]] to train or an [inside] evaluation of checkpoints")
+    train_images = typed(path, "train_images", study.get("train_images", 0), int)
+    if train_images < 0:
+        raise fail(path, "train_images", f"must be at least 0, got {train_images}")
     ct_hours = study.get("ct_hours")
-    train_images = _typed(path, "", "train_images", study.get("train_images", 0), int)
-    if train_images < 0 or (ct_hours is not None and _typed(path, "", "ct_hours", ct_hours, float) <= 0):
-        raise _fail(path, "", "train_images must be at least 0 and ct_hours greater than 0")
-    return Preset(name=_typed(path, "", "name", study.get("name", path.stem), str),
-                  description=_typed(path, "", "description", study.get("description", ""), str),
+    if ct_hours is not None and typed(path, "ct_hours", ct_hours, float) <= 0:
+        raise fail(path, "ct_hours", f"must be greater than 0, got {ct_hours}")
+    figures = None
+    if "figures" in study:
+        from loafing.figures import FIGURES  # loads matplotlib: only for a study that names its figures
+
+        figures = _choices(path, "figures", study["figures"], "figure", list(FIGURES), empty=True)
+    return Preset(name=name, description=typed(path, "description", study.get("description", ""), str),
                   runs=tuple(runs), evaluation=_evaluation(path, study.get("evaluation", {})), max_combos=max_combos,
-                  destruct_modes=tuple(modes), inside=inside,
-                  figures=_figures(path, study["figures"]) if "figures" in study else None,
+                  destruct_modes=modes, inside=inside, figures=figures,
                   train_images=train_images, ct_hours=None if ct_hours is None else float(ct_hours))
 
 

@@ -21,6 +21,7 @@ from loafing.distributed import (World, agree, all_reduce_sum, current_world, pr
 from loafing.errors import LoafingError
 from loafing.evaluate import classification_metrics, predict, resolve_device
 from loafing.io import check_output_folder, run_folder_lock
+from loafing.live_log import live_log
 from loafing.plan_tree import evaluate_plans, evaluate_plans_across
 from loafing.run_state import CHECKPOINT_NAME, check_resumable, restore_state, save_state
 from loafing.schema import run_identifiers
@@ -167,6 +168,7 @@ def _train(config: TrainConfig, world: World, device: torch.device, progress: bo
     config = run.config
     ids = run_identifiers(dataclasses.asdict(config), config.dataset)
     first_epoch, log_rows, kl_rows = restore_state(run) if resume else (1, [], [])
+    live = live_log(run, first_epoch)  # TensorBoard scalars, where tensorboard is installed
     # Rows of epochs before a resume carry the run columns of then; the run's are those of now (e.g. its variant).
     log_rows, kl_rows = [{**row, **ids} for row in log_rows], [{**row, **ids} for row in kl_rows]
 
@@ -197,5 +199,6 @@ def _train(config: TrainConfig, world: World, device: torch.device, progress: bo
         if run.kl_plans and (epoch % config.kl_every == 0 or epoch == config.epochs):
             with untouched_rng(run.device):  # recording the KL must not change what is trained
                 kl_rows += [{**ids, "epoch": epoch, **row} for row in record_kl(run).to_dict("records")]
+        live.record(log_rows[-1])  # before the checkpoint: a resume then purges what it trains again
         save_state(run, epoch, log_rows, kl_rows)
     return pd.DataFrame(log_rows if world.is_main else [])

@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
-from loafing.checkpoint import FORMAT, LoadedModel, foreign_state_dict, load_model, load_weights, read_checkpoint
+from loafing.checkpoint import FORMAT, LoadedModel, load_model, read_checkpoint
+from loafing.state_dicts import foreign_state_dict, load_weights
 from loafing.errors import LoafingError
+from loafing.hub import check_weights_reachable
 from loafing.models import StagedModel, create_model, get_spec, is_library_model
 from loafing.models.families import LIBRARIES, PRETRAINED, Library, WeightsFacts
 from loafing.models.registry import check_model_args
@@ -72,6 +74,7 @@ def weights_state(model: str, model_args: dict[str, Any] | None, weights: str,
                                "--ckpt")
         return foreign_state_dict(obj, weights)[1]
     library, arch = _library(model)
+    check_weights_reachable(model, facts.name)  # in seconds, where the library's downloader retries for a minute
     try:
         net = library.pretrained(arch, weights, check_model_args(model_args))
     except Exception as err:  # downloads and the libraries' loaders raise many types
@@ -104,8 +107,9 @@ def start_from_weights(model: StagedModel, name: str, model_args: dict[str, Any]
     load_weights(model.net, state, f"--weights {weights!r}")
 
 
-def load_library_weights(name: str, model_args: dict[str, Any] | None, weights: str, width_mult: float = 1.0,
-                         unsafe_load: bool = False, granularity: str | None = None) -> LoadedModel:
+def load_library_weights(name: str, model_args: dict[str, Any] | None, weights: str,
+                         width_mult: float | None = None, unsafe_load: bool = False,
+                         granularity: str | None = None) -> LoadedModel:
     """A library network with `weights`, ready to evaluate: named weights with their own classes and input
     normalization, a state-dict file as `load_model` reads a foreign one."""
     check_weights(name, model_args, weights)
@@ -117,6 +121,7 @@ def load_library_weights(name: str, model_args: dict[str, Any] | None, weights: 
             raise LoafingError(f"--weights {weights!r} is a loafing checkpoint, not a state dict: evaluate it with "
                                "--ckpt")
     else:
+        width_mult = 1.0 if width_mult is None else width_mult
         model = create_model(name, facts.num_classes, width_mult, model_args, granularity or "block")
         load_weights(model.net, weights_state(name, model_args, weights), f"{name}'s weights {facts.name}")
         model.set_normalization(*facts.normalization)

@@ -395,7 +395,7 @@ def test_appendix_figures_say_what_is_missing(tmp_path):
     measure = read_table(tmp_path / "results" / "measure.csv", "measure")
     write_table(measure[measure["method"] != "st"], tmp_path / "results" / "measure.csv", "measure")
     outcomes = {o.name: o for o in make_figures(tmp_path / "results", tmp_path / "figures", ["figr4", "fig3"])}
-    assert outcomes["figr4"].skipped == "needs runs of ct, st, self-distillation; none of self-distillation"
+    assert outcomes["figr4"].skipped == "needs runs of ct, st and self-distillation (none of self-distillation)"
     assert "at least two sampling rules" in outcomes["fig3"].skipped
 
 

@@ -252,8 +252,8 @@ def test_odd_calibration_and_batch_sizes_from_the_command_line(run_cli, tmp_path
     torch.manual_seed(0)
     ckpt = tmp_path / "mobilenet.pth"
     torch.save(create_model("mobilenet_v3_large", 10, width_mult=0.5).net.state_dict(), ckpt)
-    common = ("measure", "--ckpt", ckpt, "--model", "mobilenet_v3_large", "--width-mult", 0.5, "--device", "cpu",
-              "--quiet", "--plan", "[1] [3] [6] [10] [12]")
+    common = ("measure", "--ckpt", ckpt, "--model", "mobilenet_v3_large", "--width-mult", 0.5, "--dataset", "digits",
+              "--device", "cpu", "--quiet", "--plan", "[1] [3] [6] [10] [12]")
     for name, options in (("last-batch-of-one", ("--calib-size", 257)), ("odd", ("--calib-size", 7, "--batch-size", 2))):
         code, _, err = run_cli(*common, *options, "--out", tmp_path / f"{name}.csv")
         assert code == 0, err

@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 import torch
+from loafing.models import MODELS
 
 
 def test_measure_end_to_end_on_a_trained_run(run_cli, trained_runs, tmp_path):
@@ -225,6 +226,18 @@ def test_models_lists_a_declared_layout_without_building_the_network(run_cli):
     assert code == 0, err
     listed = out.split("never-built: a model listed, never built\n")[1].splitlines()[0]
     assert listed.strip() == "stages 2-3, main plan [1,2] [3,4,5], skippable [1, 2, 4, 5]"
+
+
+def test_models_summarises_a_deep_networks_blocks_as_ranges(run_cli):
+    code, out, err = run_cli("models")
+    assert code == 0, err
+    lines = out.splitlines()
+    deep = lines[lines.index("resnet110-cifar: " + MODELS["resnet110-cifar"].description) + 1].strip()
+    # 18 blocks per stage; only the first blocks of stages 2 and 3 change shape
+    assert deep == "stages 18-18-18, main plan of blocks 1-18 | 19-36 | 37-54, skippable all but 19, 37"
+    dense = lines[lines.index("densenet201: " + MODELS["densenet201"].description) + 1].strip()
+    assert dense.startswith("stages 6-12-48-32, main plan of blocks 1-6 | 7-18 | 19-66 | 67-98, skippable from")
+    assert max(len(line) for line in lines if line.startswith("    stages")) < 150
 
 
 def test_every_declared_layout_is_the_built_networks():

@@ -127,6 +127,9 @@ def test_destruct_cli(run_cli, trained_runs, tmp_path):
     assert df.groupby("n").size().tolist() == [1, 5, 5, 5, 5, 5, 5, 1]
     median_k1 = df[df["n"] == 1]["drop"].median()
     assert f"{median_k1:.2f}" in stdout
+    # the summary says what its numbers are: drops in points per number of layers deleted
+    assert "top-1 drop in percentage points (main network's top-1 minus the destroyed network's) per n, the number " \
+           "of layers deleted:" in stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -130,8 +130,7 @@ def test_resume_of_a_broken_configuration(run_cli, trained_runs, tmp_path):
 # ---------------------------------------------------------------- results CSVs that are not results
 
 
-@pytest.mark.parametrize("content, message", [
-    (bytes(range(256)) * 4, "measure.csv"),
+@pytest.mark.parametrize("content, message", [  # a file that is no results table: test_faults_results.py
     (b'run,model\n"a,b\n"c', "measure.csv"),
 ])
 def test_figures_of_broken_results(run_cli, tmp_path, content, message):

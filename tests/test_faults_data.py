@@ -4,6 +4,7 @@ warning or a wait on a FIFO."""
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -129,3 +130,12 @@ def test_a_download_without_a_network_says_so_and_leaves_no_folder(weights, tmp_
     one_line_error(done.returncode, done.stderr, "cannot download cifar10 from https://")
     assert "check the network" in done.stderr
     assert list(tmp_path.iterdir()) == []
+    # inside-vs-alone (the README's Fig. 1 command) takes --download too, and says the same
+    shutil.copy(weights, tmp_path / "other.pt")
+    command = ["inside-vs-alone", "--ckpt", f"resnet20-cifar={weights}", "--ckpt",
+               f"resnet20-cifar={tmp_path / 'other.pt'}", "--dataset", "cifar10", "--data-dir",
+               tmp_path / "new" / "cifar", "--download", "--out", tmp_path / "fig1", "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "loafing", *map(str, command)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    one_line_error(done.returncode, done.stderr, "cannot download cifar10 from https://")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt"]

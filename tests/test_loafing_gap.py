@@ -69,7 +69,7 @@ def test_the_gap_of_each_host_is_paired_over_the_test_images(family, tmp_path):
     table = (tmp_path / "figures" / "gap.md").read_text()
     for _, row in gaps.iterrows():  # one line per host, its gap and CI as the CSV has them
         assert f"{row['gap']:+.2f} [{row['gap_ci_low']:+.2f}, {row['gap_ci_high']:+.2f}]" in table
-    assert "(ST)" in table and "(CT)" in table
+    assert "| ST |" in table and "| CT |" in table  # each host with its scheme
 
 
 

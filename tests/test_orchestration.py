@@ -57,8 +57,12 @@ def test_lambda_ablation_study_dry_run(run_cli, tmp_path):
     code, out, _ = run_cli("reproduce", "--study", my_ablation(tmp_path), "--dry-run")
     assert code == 0
     assert all(name in out for name in ("ct-seed0", "ct-seed1", "st-lam0.5-seed0", "st-lam2-seed1"))
+    # one epoch of the 1,347 digits per run: CT per seed, ST (1.4x CT, the registry's cost) per seed and λ
+    cost = 1 * 1347 * (2 + 1.4 * 2 * 2)
+    assert f"rough cost: {cost:.3g} image passes" in out
     code, _, err = run_cli("reproduce", "--study", my_ablation(tmp_path, '[0.5, "x"]'), "--dry-run")
-    assert code == 2 and "lam must be a number, got 'x'" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "my-ablation.toml: runs[1].lam[1]: must be a number, got 'x'" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_changed_config_is_not_complete(tmp_path):

@@ -185,26 +185,37 @@ def test_the_ablation_table_compares_each_arm_with_st_by_seed_and_by_plan():
     arms = {"ct": ("ct", "conventional", 0, 0.0), "st": ("st", "stimulative", 1, 0.0),
             "st-k4": ("st++", "stimulative", 6, 2.0)}
     for arm, (method, role, order, gain) in arms.items():
-        for seed in (0, 1):
+        for seed in (0, 1, 2):
             run = f"{arm}-seed{seed}"
+            lift = seed if arm == "st-k4" else 0  # st-k4's lead over st grows with the seed: intervals of width > 0
             base = dict(run=run, model="m", width_mult=1.0, method=method, method_label=method.upper(),
                         method_colour="#000000", method_role=role, method_order=order, seed=seed, dataset="d",
                         trained_plan="")
-            rows.append({**base, "plan": "[1,2] [3,4]", "is_main": True, "top1": 90.0 + gain + seed, "loss": 0.3})
-            rows += [{**base, "plan": p, "is_main": False, "top1": 70.0 + 5 * i + gain * (i + 1) + seed, "loss": 1.0}
-                     for i, p in enumerate(plans)]
+            rows.append({**base, "plan": "[1,2] [3,4]", "is_main": True, "top1": 90.0 + gain + seed + lift,
+                         "loss": 0.3})
+            rows += [{**base, "plan": p, "is_main": False, "top1": 70.0 + 5 * i + gain * (i + 1) + seed + lift,
+                      "loss": 1.0} for i, p in enumerate(plans)]
             log.append({**base, "epoch": 1, "examples_per_s": 100.0 / (1 + order / 6), "peak_memory_mib": 10.0 + order,
                         "memory_kind": "cpu_peak_rss"})
             # a second epoch, 3x slower in one run of ST: it shared the machine with other work
             slowed = 3 if (arm, seed) == ("st", 1) else 1
             log.append({**log[-1], "epoch": 2, "examples_per_s": log[-1]["examples_per_s"] / slowed})
     table = table_ablation(pd.DataFrame(rows), pd.DataFrame(log)).set_index("arm")
-    assert list(table.index) == ["ct", "st", "st-k4"] and (table["seeds"] == 2).all()
-    assert table.loc["st-k4", "main vs st"] == pytest.approx(2.0)
-    # per plan, st-k4 is ahead of st by 2, 4 and 6 points: mean 4
-    assert table.loc["st-k4", "sub-networks vs st (paired)"] == pytest.approx(4.0)
+    assert list(table.index) == ["ct", "st", "st-k4"] and (table["seeds"] == 3).all()
+    half = 4.302653 / 3 ** 0.5  # t(0.975, 2) times the standard error of three differences whose std is 1
+    # main networks, same seed: st-k4 leads st by 2, 3 and 4 points
+    assert table.loc["st-k4", "main − st, same seed"] == pytest.approx(3.0)
+    assert table.loc["st-k4", "(95% CI)"] == f"[{3 - half:.2f}, {3 + half:.2f}]"
+    # per plan (seed means), st-k4 leads st by 2 + 1, 4 + 1 and 6 + 1 points: described, not tested
+    assert table.loc["st-k4", "sub-networks − st, same plan (mean)"] == pytest.approx(5.0)
+    assert table.loc["st-k4", "same plan (range)"] == "+3.00 to +7.00"
+    # per seed (means over the three plans), st-k4 leads st by 4, 5 and 6 points
+    assert table.loc["st-k4", "same seed (95% CI)"] == f"[{5 - half:.2f}, {5 + half:.2f}]"
+    assert table.loc["st", "same plan (range)"] == "–" and table.loc["st", "(95% CI)"] == "–"
     assert table.loc["st-k4", "time/step vs st"] == pytest.approx((1 + 6 / 6) / (1 + 1 / 6))  # fastest epochs
-    assert table.loc["st", "sub-networks"] == "75.50 ± 4.08"  # seeds' means 75, 76; population std of 70, 75, 80
+    assert table.loc["st", "sub-networks"] == "76.00 ± 4.08"  # seeds' means 75, 76, 77; population std of 70, 75, 80
+    two_seeds = table_ablation(pd.DataFrame(rows).query("seed < 2")).set_index("arm")
+    assert two_seeds.loc["st-k4", "(95% CI)"] == "–" and two_seeds.loc["st-k4", "same seed (95% CI)"] == "–"
 
 
 def test_a_variant_run_keeps_its_variant_across_a_resume_and_a_collection(tmp_path, interrupted_training):

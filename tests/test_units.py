@@ -259,14 +259,14 @@ def test_st_over_units_is_recorded_and_measured_in_its_view(runs, tmp_path, run_
     assert code == 0 and read_table(tmp_path / "b.csv", "measure")["plan"].tolist() == ["[1]", "[1,2]"], err
 
 
-def test_checkpoints_of_two_views_are_refused_together_unless_one_is_named(runs):
+def test_checkpoints_of_two_views_are_compared_block_by_block(runs):
     from loafing.inside import load_family
 
     paths = [str(runs["block"] / "checkpoint.pt"), str(runs["unit"] / "checkpoint.pt")]
-    with pytest.raises(LoafingError, match=r"trained in different views \(block, unit\); give --granularity"):
-        load_family(paths)
-    networks, _ = load_family(paths, granularity="unit")
-    assert [n.model.layout.n_blocks for n in networks] == [4, 4]
+    networks, _ = load_family(paths)
+    assert [(n.model.granularity, n.model.layout.n_blocks) for n in networks] == [("block", 2), ("block", 2)]
+    with pytest.raises(LoafingError, match="inside-vs-alone compares networks block by block"):
+        load_family(paths, granularity="unit")
 
 
 @pytest.mark.parametrize("args, message", [

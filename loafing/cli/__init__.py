@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("loafing.cli.study_commands:reproduce",
                   "Run a study end to end: training, measure, destruct, KL trajectories, figures."),
     "figures": ("loafing.cli.study_commands:figures",
-                "Make every figure and table of the paper whose CSVs are present."),
+                "Make every figure and table of the paper whose data the CSVs hold."),
     "models": ("loafing.cli.registry_commands:models",
                "List the models and the timm / torchvision families; with NAME, one model's stages and blocks."),
     "methods": ("loafing.cli.registry_commands:methods", "List the registered training methods and their options."),

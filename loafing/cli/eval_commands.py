@@ -10,11 +10,11 @@ import click
 from click.core import ParameterSource
 
 from loafing.cli.options import (MODEL_ARG, POSITIVE_INT, apply, echo_figures, registry_choice, spec_option,
-                                 spec_options)
+                                 spec_options, typed_options)
 from loafing.config import TrainConfig
 from loafing.errors import LoafingError
-from loafing.eval_config import MAX_COMBOS, EvalConfig, eval_option_specs
-from loafing.options import OptionSpec, option_specs
+from loafing.eval_config import CONFIRM_LIMIT, MAX_COMBOS, EvalConfig, eval_option_specs
+from loafing.options import OptionSpec, check_typed, option_specs
 
 # The calibration seed keeps the flag users know; --calib-seed names it as a study file does.
 EVAL_FLAGS = {"calib_seed": ("--seed", "--calib-seed")}
@@ -26,9 +26,18 @@ def eval_options(*excluded: str) -> Callable:
 
 
 def eval_config(options: dict[str, Any]) -> EvalConfig:
-    """The EvalConfig of a command's options, taken out of `options` (the rest stay)."""
+    """The EvalConfig of a command's options, taken out of `options` (the rest stay); a typed option it leaves unread
+    (`--calib-size` with `--no-recalibrate`) is refused."""
     names = [s.name for s in eval_option_specs()]
-    return EvalConfig(**{name: options.pop(name) for name in names if name in options})
+    evaluation = EvalConfig(**{name: options.pop(name) for name in names if name in options})
+    check_typed(evaluation, typed_options(names), eval_option_specs())
+    return evaluation
+
+
+def check_typed_data(dataset: str) -> None:
+    """Refuse a typed --data-dir or --download that the data set evaluated on (`dataset`) leaves unread."""
+    names = ("data_dir", "download")
+    check_typed(TrainConfig(dataset=dataset), typed_options(names), [train_spec(name, "") for name in names])
 
 
 def train_spec(name: str, help: str) -> OptionSpec:
@@ -45,6 +54,7 @@ UNSAFE_LOAD = click.option("--unsafe-load", is_flag=True,
                            help="Unpickle a checkpoint that holds Python objects besides tensors (this can run code "
                            "in it): only for a file you trust.")
 QUIET = click.option("--quiet", is_flag=True, help="No progress bars.")
+DOWNLOAD = click.option("--download", is_flag=True, help="Download the data set if missing (needs network).")
 
 
 def checkpoint_options(command: Callable) -> Callable:
@@ -61,10 +71,9 @@ def checkpoint_options(command: Callable) -> Callable:
         spec_option(dataclasses.replace(train_spec("model", "Model; required for foreign checkpoints and --weights."),
                                         default=None)),
         MODEL_ARG,
-        spec_option(train_spec("width_mult", "Width multiplier of a foreign checkpoint.")),
-        DATASET, DATA_DIR,
-        click.option("--download", is_flag=True, help="Download the data set if missing (needs network)."),
-        IMAGE_SIZE, UNSAFE_LOAD,
+        spec_option(dataclasses.replace(train_spec("width_mult", "Width multiplier of a foreign checkpoint "
+                                                   "[default: 1]."), default=None)),
+        DATASET, DATA_DIR, DOWNLOAD, IMAGE_SIZE, UNSAFE_LOAD,
     ], command)
 
 
@@ -82,6 +91,7 @@ def prepare(out: str, evaluation: EvalConfig, ckpt: str | None, **source) -> tup
     world = current_world()
     device = evaluation_device(evaluation, world)
     loaded, data = load_for_evaluation(ckpt, world=world, out=out, granularity=evaluation.granularity, **source)
+    check_typed_data(data.name)
     return loaded, data, world, device
 
 
@@ -128,18 +138,30 @@ def measure(out: str, quiet: bool, plan_texts: tuple[str, ...], **options) -> No
               help="What to do to the layers.")
 @click.option("--max-combos", type=POSITIVE_INT, default=MAX_COMBOS,
               help="Per number of deleted layers / swaps, evaluate at most this many (a sample seeded by --seed).")
+@click.option("--yes", is_flag=True, help="Evaluate more destroyed networks than the limit of "
+              f"{CONFIRM_LIMIT:,} (the count and the cost are printed first).")
 @OUT_CSV
 @QUIET
-def destruct(out: str, quiet: bool, mode: str, max_combos: int, **options) -> None:
+def destruct(out: str, quiet: bool, mode: str, max_combos: int, yes: bool, **options) -> None:
     """Delete or permute layers and measure the accuracy drop of every destroyed network.
 
     Under torchrun the processes share the networks out and rank 0 writes the one CSV."""
-    from loafing.destruct import destruct as run_destruct, summarize_drops
+    from loafing.destruct import count_destroyed, destruct as run_destruct, summarize_drops
     from loafing.distributed import process_group
+    from loafing.measure import calibration_columns
     from loafing.schema import write_table
 
     evaluation = eval_config(options)
     loaded, data, world, device = prepare(out, evaluation, **options)
+    networks, exact = count_destroyed(loaded.model.layout, mode, max_combos)
+    calib = calibration_columns(loaded.model, data, evaluation)["calib_size"]
+    if world.is_main:
+        click.echo(f"{mode}: {'' if exact else 'at most '}{networks:,} destroyed networks and the intact one, each on "
+                   f"{len(data.test):,} test images" + (f" after recalibrating BN on {calib:,}" if calib else "")
+                   + f": at most {(networks + 1) * (len(data.test) + calib):.3g} image passes")
+    if networks > CONFIRM_LIMIT and not yes:
+        raise LoafingError(f"{networks:,} destroyed networks are more than {CONFIRM_LIMIT:,}: lower --max-combos, or "
+                           "pass --yes to evaluate them all")
     with process_group(world, device):
         df = run_destruct(loaded, data, mode, evaluation, max_combos=max_combos, progress=not quiet, world=world)
     if not world.is_main:
@@ -148,6 +170,9 @@ def destruct(out: str, quiet: bool, mode: str, max_combos: int, **options) -> No
     main_top1 = df.loc[df["is_main"], "top1"].iloc[0]
     click.echo(f"{loaded.config['model']} ({loaded.config.get('method')}), {mode}: {len(df) - 1} destroyed "
                f"networks on {data.name}, main top-1 {main_top1:.2f}% -> {out}")
+    what = "swaps that permute the layers" if mode == "permute" else "layers deleted"
+    click.echo(f"top-1 drop in percentage points (main network's top-1 minus the destroyed network's) per n, the "
+               f"number of {what}:")
     click.echo(summarize_drops(df[df["n"] > 0]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 
 
@@ -157,14 +182,16 @@ def destruct(out: str, quiet: bool, mode: str, max_combos: int, **options) -> No
               "one, e.g. akamaster:resnet56); give two or more of one family.")
 @DATASET
 @DATA_DIR
-@IMAGE_SIZE
+@DOWNLOAD
+@spec_option(train_spec("image_size", "Side of the input images [default: the first checkpoint's, else its "
+                                      "model's recipe]."))
 @UNSAFE_LOAD
 @eval_options("space")
 @click.option("--out", type=str, required=True,
               help="Folder for measure.csv and the figures (fig1, the inside grid).")
 @QUIET
-def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir: str | None, image_size: int | None,
-                    unsafe_load: bool, out: str, quiet: bool, **options) -> None:
+def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir: str | None, download: bool,
+                    image_size: int | None, unsafe_load: bool, out: str, quiet: bool, **options) -> None:
     """Each smaller network inside each bigger one (BN-recalibrated) vs each on its own.
 
     The paper's Figure 1 and Tables r5, r6; writes measure.csv, the figures and inside.md to --out, and, for the
@@ -183,7 +210,8 @@ def inside_vs_alone(checkpoints: tuple[str, ...], dataset: str | None, data_dir:
                       [t.rpartition("=")[2] for t in checkpoints], folders=[data_dir])
     evaluation_device(evaluation)  # a bad --device is said before the checkpoints are read
     networks, data = load_family(checkpoints, dataset, data_dir, image_size, unsafe_load, out_folder=out,
-                                 granularity=evaluation.granularity)
+                                 granularity=evaluation.granularity, download=download)
+    check_typed_data(data.name)
     write_table(study(networks, data, evaluation, progress=not quiet), Path(out) / "measure.csv", "measure")
     gaps = loafing_gaps(networks, data, evaluation, progress=not quiet)
     if not gaps.empty:

@@ -54,6 +54,12 @@ POSITIVE_INT = CheckedNumber(int, AT_LEAST_1)
 SEED_INT = CheckedNumber(int, SEED)
 
 
+def typed_options(options: Iterable[str]) -> list[str]:
+    """The names among `options` that were typed on the current command line (not left at their defaults)."""
+    context = click.get_current_context()
+    return [name for name in options if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+
+
 def registry_choice(what: str, module: str, attribute: str) -> RegistryChoice:
     """A RegistryChoice over `module.attribute`'s keys, imported only when the names are needed."""
     return RegistryChoice(what, lambda: list(getattr(importlib.import_module(module), attribute)))
@@ -93,10 +99,11 @@ def apply(options: Sequence[Callable], command: Callable) -> Callable:
 
 
 def echo_figures(outcomes) -> None:
-    """One line per figure: the files written, or why it was skipped."""
+    """One line per figure drawn (its files), then one line saying what was drawn and what was skipped, and why."""
+    from loafing.figures import summary_line
+
     for outcome in outcomes:
         label = f"{outcome.name} ({outcome.group})" if outcome.group else outcome.name
-        if outcome.skipped:
-            click.echo(f"  {label:8s} skipped: {outcome.skipped}")
-        else:
+        if not outcome.skipped:
             click.echo(f"  {label:8s} {', '.join(str(p) for p in outcome.paths)}")
+    click.echo(summary_line(outcomes))

@@ -43,14 +43,33 @@ def models(name: str | None, model_args: dict, granularity: str) -> None:
                    f"{depth}")
 
 
+LONG = 80  # characters of a main plan and its skippable blocks beyond which the listing gives ranges
+
+
+def _runs_text(numbers) -> str:
+    """Block numbers with consecutive runs shortened: 1, 2, 3, 5 -> '1-3, 5'."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
 def _summary(spec) -> None:
     layout = spec.layout()
     mean, std = spec.normalization
     click.echo(f"{spec.name}: {spec.description}")
     skippable = ("from the end of each stage only, keeping its first block" if layout.prefix_only
                  else sorted(layout.skippable))
-    click.echo(f"    stages {'-'.join(map(str, layout.stage_sizes))}, main plan {layout.main_plan}, "
-               f"skippable {skippable}")
+    plan = str(layout.main_plan)
+    if len(f"{plan}{skippable}") > LONG:  # a deep network's every block number would fill the screen: name the runs instead
+        plan = "of blocks " + " | ".join(_runs_text(stage) for stage in layout.stages)
+        if not layout.prefix_only:
+            fixed = sorted(set().union(*layout.stages) - layout.skippable)
+            skippable = f"all but {_runs_text(fixed)}" if fixed else "all"
+    click.echo(f"    stages {'-'.join(map(str, layout.stage_sizes))}, main plan {plan}, skippable {skippable}")
     click.echo(f"    recipe {spec.recipe} ({spec.image_size}x{spec.image_size}), normalization mean "
                f"{[round(m, 4) for m in mean]} std {[round(s, 4) for s in std]}, classifier {spec.classifier_key}, "
                f"--width-mult {'yes' if spec.width_mult else 'no'}")

@@ -37,6 +37,7 @@ def reproduce(study_file: str | None, preset: str | None, data_dir: str | None, 
     from loafing.distributed import require_one_process
     from loafing.io import check_output_folder
     from loafing.reproduce import dry_run_text, reproduce as run_study
+    from loafing.signals import Stopped, stopping_on_signals
     from loafing.studies import builtin_study, load_study
 
     require_one_process("`loafing reproduce`")
@@ -48,7 +49,12 @@ def reproduce(study_file: str | None, preset: str | None, data_dir: str | None, 
         return
     out = str(check_output_folder(out or Path("reproduce") / study.name))
     start = time.perf_counter()
-    summary, outcomes = run_study(study, out, device=device, jobs=jobs, data_dir=data_dir, progress=not quiet)
+    try:
+        with stopping_on_signals():  # SIGTERM, SIGHUP: the runs and their worker processes stop, as on Ctrl-C
+            summary, outcomes = run_study(study, out, device=device, jobs=jobs, data_dir=data_dir, progress=not quiet)
+    except Stopped as stop:
+        click.echo(f"loafing: stopped by {stop}; the same command resumes the study", err=True)
+        raise click.exceptions.Exit(128 + stop.signum) from None
     columns = ["run", "trained", "main_top1", "sub_mean", "sub_std", "sub_min", "train_s"]
     if len(summary):  # a study of foreign checkpoints trains nothing
         shown = summary[[c for c in columns if c in summary]]
@@ -60,15 +66,15 @@ def reproduce(study_file: str | None, preset: str | None, data_dir: str | None, 
 
 @click.command()
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results/quick",
-              help="Folder of tidy CSVs (measure.csv, destruct.csv, kl_trajectory.csv, train_log.csv).")
-@click.option("--out", type=str, default="figures/quick", help="Folder for the PNGs.")
+              help="Folder of tidy CSVs, each recognised by its columns whatever its name (measure.csv, ct.csv, ...).")
+@click.option("--out", type=str, default="figures/quick", help="Folder for the PNGs, the tables and index.html.")
 @click.option("--only", multiple=True, type=registry_choice("figure", "loafing.figures", "FIGURES"),
               help="Make only these figures (repeatable), e.g. --only fig4.")
 def figures(results_dir: str, out: str, only: tuple[str, ...]) -> None:
-    """Make every figure and table of the paper whose CSVs are present.
+    """Make every figure and table of the paper whose data the CSVs hold.
 
-    Says which were skipped and why."""
-    from loafing.figures import make_figures
+    Says which were skipped and why; a folder that holds files but gives nothing to draw is an error."""
+    from loafing.figures import make_figures, summary_line
     from loafing.io import check_output_folder
 
     if os.environ.get("WORLD_SIZE", "1") != "1":  # torchrun's; only then the (torch) check of loafing.distributed
@@ -77,4 +83,7 @@ def figures(results_dir: str, out: str, only: tuple[str, ...]) -> None:
     if not Path(results_dir).is_dir():
         raise LoafingError(f"results folder {results_dir!r} does not exist")
     check_output_folder(out)
-    echo_figures(make_figures(results_dir, out, list(only) or None))
+    outcomes = make_figures(results_dir, out, list(only) or None)
+    if all(o.skipped for o in outcomes) and any(not p.name.startswith(".") for p in Path(results_dir).iterdir()):
+        raise LoafingError(f"nothing to draw from {results_dir}: {summary_line(outcomes).split('; ', 1)[1]}")
+    echo_figures(outcomes)

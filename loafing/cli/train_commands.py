@@ -6,16 +6,14 @@ import dataclasses
 import click
 
 import loafing.methods  # noqa: F401  (registers the built-in methods, whose options `train` offers)
-from loafing.cli.options import MODEL_ARG, spec_options
-from loafing.config import make_train_config, train_option_specs
+from loafing.cli.options import MODEL_ARG, spec_options, typed_options
+from loafing.config import check_typed_train_options, make_train_config, train_option_specs
 from loafing.errors import LoafingError
 
 
 def given_options(options: dict) -> list[str]:
     """The flags of `options` that were typed on the command line (not left at their defaults)."""
-    context = click.get_current_context()
-    return ["--" + name.replace("_", "-") for name in options
-            if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    return ["--" + name.replace("_", "-") for name in typed_options(options)]
 
 
 @click.command()
@@ -28,7 +26,8 @@ def given_options(options: dict) -> list[str]:
 def train(overwrite: bool, quiet: bool, resume_dir: str | None, **options) -> None:
     """Train a network with a registered method.
 
-    Writes checkpoint.pt, train_log.csv and config.json to --out."""
+    Writes checkpoint.pt, train_log.csv and config.json to --out, and live TensorBoard curves to --out/tensorboard
+    where the tensorboard package is installed (pip install 'loafing[tensorboard]')."""
     from loafing.run_state import load_config
     from loafing.train import train as run_training
 
@@ -40,6 +39,7 @@ def train(overwrite: bool, quiet: bool, resume_dir: str | None, **options) -> No
         config = dataclasses.replace(load_config(resume_dir), out=resume_dir)
     else:
         config = make_train_config(options)
+        check_typed_train_options(config, typed_options(options))  # a typed option nothing reads hides a mistake
         from loafing.models import get_spec
 
         # An unknown network, a bad --model-arg or a view it has not, before the run folder.

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from loafing.figures.select import NotEnoughData, full_runs, roles
-from loafing.figures.stats import interval_text, p_text, paired_difference
+from loafing.figures.stats import (PERCENT_DIFFERENCE, PLANS_DESCRIBED, SEED_INTERVALS, interval_text,
+                                   plan_differences, range_text, seed_interval, seed_paired_difference)
 from loafing.figures.style import STIMULATIVE
 
 SEED_SUFFIX = re.compile(r"-seed\d+$")
@@ -58,9 +59,10 @@ def _cost(log: pd.DataFrame) -> pd.DataFrame:
 
 
 def table_ablation(measure: pd.DataFrame, log: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per arm: seeds, main top-1 and test NLL (raw logits, BN recalibrated), sub-networks' top-1 mean ± std, the
-    main top-1 and the sub-networks (paired by plan, seed means) against the reference arm with a 95% CI and
-    paired-t p, and training time per step (fastest epochs) and peak memory relative to the reference arm."""
+    """Per arm: seeds, main top-1 and test NLL (raw logits, BN recalibrated), sub-networks' top-1 mean ± std; the
+    main top-1 against the reference arm's of the same seed, the sub-networks against its same plans (mean and
+    range over plans, descriptive) and, from three seeds, intervals over seeds; training time per step (fastest
+    epochs) and peak memory relative to the reference arm."""
     whole = full_runs(measure)
     if whole.empty or not (~whole["is_main"]).any():
         raise NotEnoughData("no sub-networks measured in runs of the whole network")
@@ -73,21 +75,36 @@ def table_ablation(measure: pd.DataFrame, log: pd.DataFrame | None = None) -> pd
     ref_cost = cost.loc[reference] if reference in cost.index else None
     rows = []
     for arm in dict.fromkeys(per_run["arm"]):
-        runs = per_run[per_run["arm"] == arm]
-        versus = paired_difference(plan_means.loc[arm], plan_means.loc[reference]) if arm != reference else None
-        main_delta = (runs.set_index("seed")["main_top1"] - ref_runs["main_top1"]).dropna()
+        runs = per_run[per_run["arm"] == arm].set_index("seed")
+        compared = arm != reference
+        by_plan = plan_differences(plan_means.loc[arm], plan_means.loc[reference]) if compared else None
+        main_delta = (runs["main_top1"] - ref_runs["main_top1"]).dropna()
+        by_seed = None
+        if compared:
+            common = plan_means.loc[[arm, reference]].dropna(axis=1).columns
+            seed_means = {a: subs[(subs["arm"] == a) & subs["plan"].isin(common)].groupby("seed")["top1"].mean()
+                          for a in (arm, reference)}
+            by_seed = seed_paired_difference(seed_means[arm], seed_means[reference])
         known = arm in cost.index and ref_cost is not None
         rows.append({
             "arm": arm, "seeds": len(runs),
             "main top-1": runs["main_top1"].mean(),
             "main NLL": f"{runs['main_nll'].mean():.3f}",  # small on easy data: two decimals would hide it
             "sub-networks": f"{runs['sub_mean'].mean():.2f} ± {runs['sub_std'].mean():.2f}",
-            f"main vs {reference}": main_delta.mean() if versus and len(main_delta) else np.nan,
-            f"sub-networks vs {reference} (paired)": versus["mean"] if versus else np.nan,
-            "95% CI": interval_text(versus["low"], versus["high"]) if versus else "–",
-            "p (t)": p_text(versus["p_t"]) if versus else "–",
+            f"main − {reference}, same seed": main_delta.mean() if compared and len(main_delta) else np.nan,
+            "(95% CI)": interval_text(*seed_interval(main_delta, PERCENT_DIFFERENCE)) if compared else "–",
+            f"sub-networks − {reference}, same plan (mean)": by_plan["mean"] if by_plan else np.nan,
+            "same plan (range)": range_text(by_plan) if by_plan else "–",
+            "same seed (95% CI)": interval_text(by_seed["low"], by_seed["high"]) if by_seed else "–",
             f"time/step vs {reference}": (cost.loc[arm, "seconds_per_example"] / ref_cost["seconds_per_example"]
                                           if known else np.nan),
             "peak memory (MiB)": cost.loc[arm, "peak_memory_mib"] if arm in cost.index else np.nan,
         })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["note"] = (
+        f"The unit of replication is the training run (seed); an arm's runs share its name up to -seed<N>. "
+        f"\"Main − {reference}, same seed\": each run's main network against the {reference} run of the same "
+        f"seed. \"Sub-networks − {reference}, same plan\": each sub-network (averaged over the arm's seeds) "
+        f"against the same plan of {reference}, {PLANS_DESCRIBED}. Intervals: {SEED_INTERVALS}. Time per step: "
+        f"each arm's fastest epoch.")
+    return table

@@ -14,10 +14,11 @@ LINESTYLES = ("-", "--", ":", "-.")  # ... and in the lines
 
 
 def run_labels(df: pd.DataFrame) -> dict[str, str]:
-    """Each run's label in the legend: its scheme ('CT', 'ST'), with the run's name where runs share a scheme."""
+    """Each run's label in the legend: its scheme ('CT', 'ST'), with the run's name where runs share a scheme
+    ('ST: st-seed1'; a scheme may hold parentheses of its own, 'ST (raw)')."""
     firsts = add_scheme(df.drop_duplicates("run"))
     shared = firsts["scheme"].duplicated(keep=False)
-    return {str(run): f"{scheme} ({run})" if several else str(scheme)
+    return {str(run): f"{scheme}: {run}" if several else str(scheme)
             for run, scheme, several in zip(firsts["run"], firsts["scheme"], shared)}
 
 

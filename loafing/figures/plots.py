@@ -17,6 +17,10 @@ from loafing.figures.style import (ALONE, ALONE_LABEL, CONVENTIONAL, STIMULATIVE
                                    schemes_of, use_style)
 
 
+SHORT_LABEL = 12  # characters of a scheme's name that fit below a box
+PANELS_PER_ROW = 3  # Fig. 4's panels, one per ST scheme, wrap into rows of this many
+
+
 def _categorical_x(values: Sequence[float]) -> dict[float, int]:
     """Evenly spaced x positions for sorted distinct values (sizes and λ span orders of magnitude and include 0)."""
     return {value: position for position, value in enumerate(sorted(set(values)))}
@@ -50,8 +54,9 @@ def plot_inside_vs_alone(measure: pd.DataFrame) -> Figure:
     if inside.empty or not inside.index.isin(ct.index).any():
         raise NotEnoughData("no architecture appears both inside a CT network and trained alone")
     conventional = inside.index.isin(ct.index)
-    # Hosts trained conventionally read "inside MODEL", as in the paper; the others say how they were trained.
-    inside = inside.assign(group=["inside " + model + ("" if usual else f" ({scheme})")
+    # Hosts trained conventionally read "inside MODEL", as in the paper; the others say how they were trained
+    # ("inside MODEL, ST (raw)": a scheme may hold parentheses of its own).
+    inside = inside.assign(group=["inside " + model + ("" if usual else f", {scheme}")
                                   for model, scheme, usual in zip(inside["model"], inside["scheme"], conventional)])
     alone = alone[alone["depths"].isin(set(inside["depths"]))]
     both = pd.concat([inside, alone], ignore_index=True)
@@ -68,9 +73,11 @@ def plot_inside_vs_alone(measure: pd.DataFrame) -> Figure:
     host_blocks = measure[measure["is_main"] & is_blank(measure["trained_plan"])].groupby("model")["n_blocks"].max()
     palette = {ALONE_LABEL: schemes_of(measure).colour(ALONE)}
     hue_order = [ALONE_LABEL]
+    scheme_rank = {s: i for i, s in enumerate(schemes_of(measure).order(inside["scheme"]))}
     for usual, shades in ((True, "Blues_d"), (False, "Reds_d")):
         hosts = inside[conventional == usual].drop_duplicates("group")
-        groups = sorted(hosts["group"], key=lambda g: (host_blocks.get(g.split()[1], 0), g))
+        groups = [g for *_, g in sorted((host_blocks.get(m, 0), m, scheme_rank[s], g)
+                                        for m, s, g in zip(hosts["model"], hosts["scheme"], hosts["group"]))]
         palette.update(zip(groups, sns.color_palette(shades, n_colors=max(len(groups), 1))))
         hue_order += groups
 
@@ -104,9 +111,14 @@ def plot_subnetworks(measure: pd.DataFrame) -> Figure:
     group_centres, group_starts = positions.mean(), positions.min()
 
     use_style()
-    fig, axes = plt.subplots(1, len(st_labels), figsize=(6.0 * len(st_labels), 3.8), sharey=True,
-                             squeeze=False, layout="constrained")
-    for ax, st_label in zip(axes[0], st_labels):
+    ncols = min(len(st_labels), PANELS_PER_ROW)
+    nrows = math.ceil(len(st_labels) / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 3.8 * nrows), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax in grid.flatten()[len(st_labels):]:
+        ax.remove()
+    axes = grid.flatten()[:len(st_labels)]
+    for ax, st_label in zip(axes, st_labels):
         for label in (ct_label, st_label):
             rows = mean_per_plan[mean_per_plan["label"] == label].sort_values("x")
             ax.plot(rows["x"], rows["top1"], marker="o", markersize=3, linewidth=0.7, color=palette[label],
@@ -120,14 +132,14 @@ def plot_subnetworks(measure: pd.DataFrame) -> Figure:
         ax.grid(False, axis="x")
         ax.set_xticks(list(group_centres.values), _sparse_labels(group_centres, min_gap=len(plan_order) / 30))
         ax.set_xlabel("sub-network (grouped by number of blocks)")
-    axes[0][0].set_ylabel("top-1 (%)")
+    for row in grid:
+        row[0].set_ylabel("top-1 (%)")
     handles: dict[str, object] = {}
-    for ax in axes[0]:
+    for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     legend_order = [label for label in [ct_label, *st_labels, ALONE_LABEL] if label in handles]
-    fig.legend([handles[label] for label in legend_order], legend_order, loc="outside lower center",
-               ncols=len(legend_order), frameon=False)
+    figure_legend(fig, list(axes), entries=([handles[label] for label in legend_order], legend_order))
     return fig
 
 
@@ -136,8 +148,9 @@ def plot_space_size(measure: pd.DataFrame) -> Figure:
     schemes = schemes_of(measure)
     stats = per_run_subnetwork_stats(add_space_size(at_reference_lam(full_runs(conventional_and_stimulative(measure)))))
     stats = stats.dropna(subset=["sub_mean"])
-    if stats["n_subnetworks"].nunique() < 2:
-        raise NotEnoughData("needs runs with at least two different sampling-space sizes")
+    if stats["n_subnetworks"].nunique() < 3:  # two sizes, CT's 0 and one ST space, are Table 1's comparison
+        raise NotEnoughData("needs at least three sampling-space sizes, CT and two ST spaces (CT against one ST "
+                            "space is Table 1)")
     x_of_size = _categorical_x(stats["n_subnetworks"])
     stats["x"] = stats["n_subnetworks"].map(x_of_size)
     palette = label_palette(stats, schemes)
@@ -186,7 +199,10 @@ def plot_methods_subnetworks(measure: pd.DataFrame) -> Figure:
                 palette=styles.palette(schemes), fliersize=2, linewidth=0.8, ax=box_ax)
     box_ax.set_xlabel("")
     box_ax.set_ylabel("sub-network top-1 (%)")
-    box_ax.tick_params(axis="x", labelrotation=30)
+    if max(map(len, schemes)) > SHORT_LABEL:  # a method's variants: long names, told apart by the legend's colours
+        box_ax.set_xticks(range(len(schemes)), [""] * len(schemes))
+    else:
+        box_ax.tick_params(axis="x", labelrotation=30)
     figure_legend(fig, [ax])
     return fig
 
@@ -214,6 +230,7 @@ def plot_sampling_rules(measure: pd.DataFrame) -> Figure:
                color=[styles.colour(s) for s in schemes])
         for x, value in enumerate(values):
             ax.annotate(f"{value:.2f}", (x, value), textcoords="offset points", xytext=(8, 3), fontsize=7)
+        ax.margins(y=0.1)  # room above the tallest bar for its value
         ax.set_xticks(range(len(schemes)), schemes, rotation=15)
         ax.set_ylabel(ylabel)
     return fig

@@ -11,19 +11,27 @@ from matplotlib.figure import Figure
 from loafing.figures.select import (NotEnoughData, add_scheme, at_reference_lam, conventional_and_stimulative,
                                     full_runs, of_methods, ordered_sampling)
 from loafing.figures.style import figure_legend, schemes_of, use_style
+from loafing.method_styles import FOREIGN_METHOD
 
 
 def plot_destruct(destruct: pd.DataFrame, also: Sequence[str] = ()) -> Figure:
     """Fig. 6 (Figs. r4-r7 with a baseline in `also`): top-1 drop after deleting one layer, deleting several layers
-    and permuting layers, CT and ST (and the methods `also` names)."""
+    and permuting layers, CT and ST, foreign checkpoints (trained the usual way: the paper's own, say) and the
+    methods `also` names."""
     schemes = schemes_of(destruct)
-    chosen = pd.concat([conventional_and_stimulative(destruct),
+    foreign = destruct[destruct["method"] == FOREIGN_METHOD]
+    chosen = pd.concat([conventional_and_stimulative(destruct), foreign,
                         destruct[destruct["method"].isin(also) & ordered_sampling(destruct)]]).drop_duplicates()
+    if chosen.empty:
+        raise NotEnoughData(f"no rows of CT, ST, a foreign checkpoint{''.join(f' or {m}' for m in also)} "
+                            f"(the rows are of {', '.join(sorted(set(destruct['method'].astype(str))))})")
     rows = add_scheme(at_reference_lam(full_runs(chosen)))
+    if rows.empty:
+        raise NotEnoughData("no rows of a network trained whole (only of networks trained as one plan, --plan)")
     rows = rows[rows["n"] > 0]
     modes = [mode for mode in ("delete-one", "delete-many", "permute") if mode in set(rows["mode"])]
     if not modes:
-        raise NotEnoughData("no delete-one, delete-many or permute rows with n > 0")
+        raise NotEnoughData("only rows of intact networks (n = 0): no layer deleted or permuted")
     hue_order = schemes.order(rows["scheme"])
     palette = schemes.palette(hue_order)
     titles = {"delete-one": "(a) deleting one layer", "delete-many": "(b) deleting several layers",

@@ -133,7 +133,7 @@ def of_methods(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     wanted += [m for m in methods if m not in wanted]
     absent = [m for m in wanted if m not in set(rows["method"])]
     if absent:
-        raise NotEnoughData(f"needs runs of {', '.join(wanted)}; none of {', '.join(absent)}")
+        raise NotEnoughData(f"needs runs of {', '.join(wanted[:-1])} and {wanted[-1]} (none of {', '.join(absent)})")
     return rows
 
 

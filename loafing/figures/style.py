@@ -162,9 +162,11 @@ def use_style() -> None:
     sns.set_theme(style="whitegrid", context="paper")
 
 
-def figure_legend(fig: Figure, axes: Sequence[Axes], ncols: int | None = None) -> None:
-    """Replace the axes' legends by one figure legend below the panels."""
-    handles, labels = axes[0].get_legend_handles_labels()
+def figure_legend(fig: Figure, axes: Sequence[Axes], ncols: int | None = None,
+                  entries: tuple[list, list[str]] | None = None) -> None:
+    """Replace the axes' legends by one figure legend below the panels, of the first panel's entries (or of
+    `entries`: handles and labels); the figure grows by the legend's height, so that the panels keep theirs."""
+    handles, labels = entries if entries is not None else axes[0].get_legend_handles_labels()
     for ax in axes:
         if ax.get_legend() is not None:
             ax.get_legend().remove()
@@ -174,5 +176,6 @@ def figure_legend(fig: Figure, axes: Sequence[Axes], ncols: int | None = None) -
         legend = fig.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
         # Long labels in one row run off the figure's edges; fewer columns, more rows, until the legend fits.
         if ncols or columns == 1 or legend.get_window_extent().width <= fig.bbox.width:
+            fig.set_figheight(fig.get_figheight() + legend.get_window_extent().height / fig.dpi)
             return
         legend.remove()

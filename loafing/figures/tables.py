@@ -4,44 +4,79 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.table import Table
+
+from loafing.figures.canvas import DPI, wrap_to_width
 
 from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam,
                                     conventionally_trained, full_runs, network_names, ordered_plan_rows,
                                     per_plan_means, per_run_subnetwork_stats)
 from loafing.figures.style import CONVENTIONAL, is_blank, schemes_of, use_style
-from loafing.figures.stats import interval_text, mean_interval, p_text, paired_difference
+from loafing.figures.stats import (PLANS_DESCRIBED, SEED_INTERVALS, interval_text, plan_differences, range_text,
+                                   seed_interval, seed_paired_difference)
+
+
+ROW_INCHES = 0.22  # a row of 7-point text with its padding
+PAD_INCHES = 0.12  # around the table, its title and its note
+MIN_WIDTH_INCHES = 4.0  # so that a narrow table's title and note wrap into few lines
+
+
+def _sub_means_by_seed(measure: pd.DataFrame, label: str, plans: pd.Index) -> pd.Series:
+    """Per seed, the mean top-1 of `label`'s sub-networks over `plans` (so two schemes compare the same plans)."""
+    subs = measure[~measure["is_main"] & (measure["label"] == label) & measure["plan"].isin(plans)]
+    return subs.groupby("seed")["top1"].mean()
+
+# One definition of a run's training time, the one train_log.csv's `seconds` records per epoch.
+TRAINING_TIME_NOTE = ("Training time: a run's training steps (forward, backward, update) summed over its epochs, "
+                      "without the per-epoch evaluation, KL records, checkpoints and start-up that `loafing "
+                      "reproduce`'s wall time also counts; averaged over seeds.")
 
 
 def table_main_and_subnetworks(measure: pd.DataFrame) -> pd.DataFrame:
     """Table 1 (every method): per scheme, main-network top-1 and sub-network mean/std top-1 with their spread
-    over seeds, and each scheme's sub-networks against CT's, paired by plan (mean difference, 95% CI, paired-t
-    and Wilcoxon p)."""
+    over seeds; each scheme's sub-networks against CT's plan by plan (mean and range over plans, descriptive) and,
+    from three seeds of both, seed by seed (a 95% t-interval over seeds)."""
     schemes = schemes_of(measure)
     ct = schemes.role_label(CONVENTIONAL) or "CT"
     shaped = add_space_size(at_reference_lam(full_runs(measure)))
     stats = per_run_subnetwork_stats(shaped)
     if stats.empty:
         raise NotEnoughData("no runs of the whole network")
+    if stats["sub_mean"].isna().all():  # a table of main networks alone: Table r3 and the inside grid show them
+        raise NotEnoughData("no sub-networks measured in runs of the whole network")
     plan_means = per_plan_means(shaped)
     rows = []
     for label in schemes.order(stats["label"]):
         runs = stats[stats["label"] == label]
         several = len(runs) >= 2
-        versus_ct = (paired_difference(plan_means.loc[label], plan_means.loc[ct])
-                     if label != ct and ct in plan_means.index and label in plan_means.index else None)
+        paired = label != ct and ct in plan_means.index and label in plan_means.index
+        by_plan = plan_differences(plan_means.loc[label], plan_means.loc[ct]) if paired else None
+        by_seed = None
+        if paired:
+            common = plan_means.loc[[label, ct]].dropna(axis=1).columns
+            by_seed = seed_paired_difference(_sub_means_by_seed(shaped, label, common),
+                                             _sub_means_by_seed(shaped, ct, common))
         rows.append({"scheme": label, "seeds": len(runs),
                      "main top-1": runs["main_top1"].mean(),
                      "main top-1 seed std": runs["main_top1"].std(ddof=1) if several else np.nan,
-                     "main top-1 95% CI": interval_text(*mean_interval(runs["main_top1"])),
+                     "main top-1 95% CI (seeds)": interval_text(*seed_interval(runs["main_top1"])),
                      "sub-networks mean": runs["sub_mean"].mean(),
                      "sub-networks std": runs["sub_std"].mean(),
                      "sub-networks mean seed std": runs["sub_mean"].std(ddof=1) if several else np.nan,
-                     f"sub-networks vs {ct} (paired)": versus_ct["mean"] if versus_ct else np.nan,
-                     f"vs {ct} 95% CI": interval_text(versus_ct["low"], versus_ct["high"]) if versus_ct else "–",
-                     f"vs {ct} p (t)": p_text(versus_ct["p_t"]) if versus_ct else "–",
-                     f"vs {ct} p (Wilcoxon)": p_text(versus_ct["p_wilcoxon"]) if versus_ct else "–"})
-    return pd.DataFrame(rows)
+                     f"sub-networks − {ct}, same plan (mean)": by_plan["mean"] if by_plan else np.nan,
+                     "same plan (range)": range_text(by_plan) if by_plan else "–",
+                     f"− {ct}, same seed (95% CI)": (interval_text(by_seed["low"], by_seed["high"]) if by_seed
+                                                      else "–")})
+    table = pd.DataFrame(rows)
+    table.attrs["note"] = (
+        f"The unit of replication is the training run (seed). Main top-1 and sub-networks mean: means over seeds; "
+        f"sub-networks std: spread over the sub-networks of one network, averaged over seeds. "
+        f"\"Sub-networks − {ct}, same plan\": each sub-network against the same plan of {ct} (both averaged over "
+        f"their seeds), {PLANS_DESCRIBED}. Intervals: {SEED_INTERVALS} (\"same seed\": each seed's sub-network "
+        f"mean against {ct}'s of the same seed, over the plans both measured).")
+    return table
 
 
 def table_cost(log: pd.DataFrame) -> pd.DataFrame:
@@ -68,6 +103,7 @@ def table_cost(log: pd.DataFrame) -> pd.DataFrame:
     ct_memory = ct["peak memory (MiB)"].iloc[0] if len(ct) else np.nan
     table[f"time vs {ct_label}"] = table["training time (s)"] / ct_time
     table[f"memory vs {ct_label}"] = table["peak memory (MiB)"] / ct_memory
+    table.attrs["note"] = TRAINING_TIME_NOTE
     return table
 
 
@@ -91,13 +127,17 @@ def table_methods(measure: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:
                      "memory (MiB)": cost.loc[scheme, "peak memory (MiB)"] if known else np.nan,
                      "memory kind": cost.loc[scheme, "memory kind"] if known else "",
                      "main (%)": runs["main_top1"].mean(),
-                     "all (%)": f"{runs['sub_mean'].mean():.2f}±{runs['sub_std'].mean():.2f}"})
-    return pd.DataFrame(rows)
+                     "all (%)": (f"{runs['sub_mean'].mean():.2f}±{runs['sub_std'].mean():.2f}"
+                                 if runs["sub_mean"].notna().any() else "–")})
+    table = pd.DataFrame(rows)
+    table.attrs["note"] = ("Means over seeds; all: the sub-networks' mean ± their spread within one network. "
+                           + TRAINING_TIME_NOTE)
+    return table
 
 
 def table_inside_grid(measure: pd.DataFrame) -> pd.DataFrame:
     """Sub-networks (rows) inside main networks (columns), the layout of Tables r5/r6: top-1 of each network's
-    architecture inside each bigger conventionally trained network; on the diagonal each network on its own,
+    architecture inside each bigger conventionally trained network; where row = column each network on its own,
     and a 'trained alone' column for sub-networks trained by themselves (`--plan`). Means over seeds."""
     rows = conventionally_trained(measure)
     whole = ordered_plan_rows(rows[is_blank(rows["trained_plan"])])
@@ -109,9 +149,12 @@ def table_inside_grid(measure: pd.DataFrame) -> pd.DataFrame:
     hosts = whole[whole["is_main"]].drop_duplicates("model").sort_values(["n_blocks", "model"])
     names = network_names(measure)
     host_names = {m: names[(m, d)] if names[(m, d)] != d else m for m, d in zip(hosts["model"], hosts["depths"])}
+    # A host's own architecture without a name of its own is its row under the host's name: row = column.
+    own_rows = {d: f"{host_names[m]} ({d})" for m, d in zip(hosts["model"], hosts["depths"]) if names[(m, d)] == d}
     table = []
     for model, depths in zip(architectures["model"], architectures["depths"]):
-        row = {"sub-network \\ main network": names[(model, depths)]}
+        label = names[(model, depths)]
+        row = {"sub-network \\ main network": own_rows.get(depths, label) if label == depths else label}
         for host, name in host_names.items():
             cells = whole[(whole["model"] == host) & (whole["depths"] == depths)]["top1"]
             row[name] = cells.mean() if len(cells) else np.nan
@@ -128,13 +171,17 @@ def table_loafing_gap(gaps: pd.DataFrame) -> pd.DataFrame:
     if gaps.empty:
         raise NotEnoughData("no loafing_gap rows (an [inside] family with a network trained alone)")
     rows = add_scheme(gaps).sort_values(["method_order", "run", "depths"], na_position="last")
-    return pd.DataFrame({
-        "host": rows["run"] + " (" + rows["scheme"] + ")", "architecture": rows["architecture"].where(
+    table = pd.DataFrame({
+        "host": rows["run"], "scheme": rows["scheme"], "architecture": rows["architecture"].where(
             ~is_blank(rows["architecture"]), rows["depths"]),
         "alone": rows["alone_run"], "inside top-1": rows["top1_inside"], "alone top-1": rows["top1_alone"],
         "inside − alone [95% CI]": [f"{g:+.2f} [{lo:+.2f}, {hi:+.2f}]" for g, lo, hi in
                                     zip(rows["gap"], rows["gap_ci_low"], rows["gap_ci_high"])],
         "test images": rows["n_examples"]})
+    table.attrs["note"] = ("Inside − alone: each test image scored by both networks (paired over test images); the "
+                           "interval is the test set's sampling uncertainty for these trained networks, not the "
+                           "spread over training runs.")
+    return table
 
 
 def _cell_text(value: object) -> str:
@@ -145,25 +192,56 @@ def _cell_text(value: object) -> str:
 
 
 def markdown_table(table: pd.DataFrame, title: str) -> str:
-    """A small markdown document: the title as a heading, then the table (numbers right-aligned)."""
+    """A small markdown document: the title as a heading, the table (numbers right-aligned), then its note."""
     aligns = ["---:" if pd.api.types.is_numeric_dtype(table[c]) else "---" for c in table.columns]
     lines = [f"# {title}", "", "| " + " | ".join(table.columns) + " |", "| " + " | ".join(aligns) + " |"]
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(_cell_text(v) for v in row) + " |")
+    if table.attrs.get("note"):  # what is compared with what, and over which samples
+        lines += ["", table.attrs["note"]]
     return "\n".join(lines) + "\n"
 
 
-def render_table(table: pd.DataFrame) -> Figure:
-    """Draw a table as a figure (for a PNG next to the markdown)."""
+def render_table(table: pd.DataFrame, title: str = "") -> Figure:
+    """Draw a table as a figure (for a PNG next to the markdown): the title above it and its note below, wrapped
+    to the table's width, and the figure as tall as the three need."""
     cells = [[_cell_text(v) for v in row] for row in table.itertuples(index=False)]
-    widest = [max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in enumerate(table.columns)]
     use_style()
-    fig, ax = plt.subplots(figsize=(0.055 * sum(widest) + 0.3 * len(widest) + 0.5, 0.3 * len(table) + 1.1),
-                           layout="constrained")
+    fig = plt.figure(figsize=(6.0, 2.0), dpi=DPI)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.axis("off")
-    drawn = ax.table(cellText=cells, colLabels=list(table.columns), loc="center", cellLoc="center")
+    # Drawn once at its natural size to learn its width; then again, filling the axes placed around it.
+    width = _drawn_table(ax, cells, table.columns).get_window_extent(fig._get_renderer()).width / DPI
+    ax.tables[0].remove()
+    fig.set_figwidth(max(width + 2 * PAD_INCHES, MIN_WIDTH_INCHES))
+    heights = {"table": ROW_INCHES * (len(cells) + 1)}
+    texts = {}
+    if title:
+        texts["title"] = fig.suptitle(title, fontsize="medium", va="top")
+    if table.attrs.get("note"):
+        texts["note"] = fig.text(PAD_INCHES / fig.get_figwidth(), 0.0, table.attrs["note"], fontsize=6.5,
+                                 va="bottom", ha="left", color="0.25")
+    for name, text in texts.items():
+        wrap_to_width(fig, text, fig.bbox.width - 2 * PAD_INCHES * DPI)
+        heights[name] = text.get_window_extent(fig._get_renderer()).height / DPI
+    total = sum(heights.values()) + PAD_INCHES * (len(heights) + 1)
+    fig.set_figheight(total)
+    top = total - PAD_INCHES
+    if "title" in texts:
+        texts["title"].set_y(top / total)
+        top -= heights["title"] + PAD_INCHES
+    table_width = width / fig.get_figwidth()
+    ax.set_position(((1 - table_width) / 2, (top - heights["table"]) / total, table_width, heights["table"] / total))
+    if "note" in texts:
+        texts["note"].set_y(PAD_INCHES / total)
+    _drawn_table(ax, cells, table.columns, bbox=(0.0, 0.0, 1.0, 1.0))
+    return fig
+
+
+def _drawn_table(ax: Axes, cells: list[list[str]], columns: pd.Index, bbox: tuple | None = None) -> Table:
+    """The table drawn in `ax` in 7-point text, each column as wide as its widest cell (filling `bbox` if given)."""
+    drawn = ax.table(cellText=cells, colLabels=list(columns), loc="center", cellLoc="center", bbox=bbox)
     drawn.auto_set_font_size(False)
     drawn.set_fontsize(7)
-    drawn.auto_set_column_width(list(range(len(table.columns))))
-    drawn.scale(1.0, 1.3)
-    return fig
+    drawn.auto_set_column_width(list(range(len(columns))))
+    return drawn

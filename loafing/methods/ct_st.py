@@ -135,6 +135,10 @@ def build_st(model: StagedModel, config: TrainConfig, rng: random.Random) -> Tra
 def check_st(config: TrainConfig, device: torch.device | None, world: World) -> None:
     """What ST cannot run with: a restricted space of other than ordered plans, SyncBatchNorm on stacked batches."""
     options = config.method_options
+    if not get_spec(config.model, config.model_args, config.granularity).layout().skippable:
+        raise LoafingError(f"{config.model} has no skippable block (each of its blocks changes width or resolution), "
+                           "so its only sub-network is the main network and ST has nothing to sample; train it "
+                           "with --method ct")
     if options["space_size"] is not None:
         if options["sampling"] != "ordered":
             raise LoafingError("--space-size restricts the ordered space; it needs --sampling ordered")
@@ -151,7 +155,8 @@ ST_OPTIONS = (
     OptionSpec("lam", float, 1.0, "ST: weight of the KL loss (paper Eq. 1).", NON_NEGATIVE),
     OptionSpec("space_size", int, None, "ST: sample from a seeded subset of this many ordered plans (always the "
                "smallest and the main)."),
-    OptionSpec("space_seed", int, 0, "ST: seed choosing the restricted space's plans.", SEED),
+    OptionSpec("space_seed", int, 0, "ST: seed choosing the restricted space's plans.", SEED,
+               unread=lambda c: "" if c.method_options["space_size"] is not None else "it seeds --space-size's choice"),
     OptionSpec("st_step", str, "shared", "ST: shared (common prefix once, then the blocks both networks run on the two "
                "batches stacked) | simple (two full forwards).", choices=lambda: list(ST_LOSSES), what="ST step"),
     OptionSpec("sampling", str, "ordered", "ST: sampling rule (paper Sec. 3.3): ordered (per stage the first d "

@@ -9,6 +9,7 @@ configuration its options and the tables its style and run columns, so neither i
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -81,6 +82,12 @@ def register_method(method: TrainingMethod) -> TrainingMethod:
         raise ValueError(f"method {method.name!r} is already registered")
     if method.role not in ROLES:
         raise ValueError(f"method {method.name!r}: role {method.role!r} is not one of {ROLES}")
+    # A hex colour needs no matplotlib; any other is checked now, not by the figures after the training.
+    if not re.fullmatch(r"#(?:[0-9a-fA-F]{3,4}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})", method.colour):
+        from matplotlib.colors import is_color_like
+
+        if not is_color_like(method.colour):
+            raise ValueError(f"method {method.name!r}: colour {method.colour!r} is not a colour matplotlib draws")
     own = {o.name: o for o in method.options}
     strange = [c for c in method.run_columns if c not in own]
     if strange:

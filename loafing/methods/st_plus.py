@@ -158,7 +158,8 @@ ST_PLUS_OPTIONS = ST_OPTIONS + (
     OptionSpec("ce_logits", str, "raw", "ST++: the main network's CE on raw logits | normalized (as the official "
                "code does with --norm_kd; needs --kl-logits normalized).", choices=lambda: list(LOGITS),
                what="logits"),
-    OptionSpec("amplitude", float, 1.0, "ST++: scale of the normalized logits (--kl-logits normalized).", POSITIVE),
+    OptionSpec("amplitude", float, 1.0, "ST++: scale of the normalized logits (--kl-logits normalized).", POSITIVE,
+               unread=lambda c: "" if c.method_options["kl_logits"] == "normalized" else "raw logits are not scaled"),
     OptionSpec("temperature", float, 1.0, "ST++: temperature T of the KL (logits / T, KL times T^2).",
                Range(0, 100, low_open=True)),
     OptionSpec("sub_resize_min", float, 1.0, "ST++: each sub-network sees its own bilinear resize of the batch to a "

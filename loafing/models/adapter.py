@@ -20,7 +20,7 @@ from loafing.models.families import FAMILIES, LIBRARIES, Family, Transitioned, f
 from loafing.models.registry import RESERVED_ARGS, ModelSpec, check_model_args
 from loafing.models.staged import StagedModel
 from loafing.models.units import Unit, no_units, unit_stages
-from loafing.recipes import SMALL_INPUT
+from loafing.recipes import RECIPES, SMALL_INPUT
 
 
 
@@ -134,18 +134,31 @@ def build_network(name: str, num_classes: int, model_args: Mapping[str, Any] | N
     args = check_model_args(model_args)
     try:
         net = LIBRARIES[library].build(arch, num_classes, args)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and torch.empty(0).device.type == "meta":
+    except Exception as err:  # the builder may fail in any way on the user's arguments (KeyError: act_layer=x)
+        if isinstance(err, (RuntimeError, NotImplementedError)) and torch.empty(0).device.type == "meta":
             raise  # a network whose construction computes on its tensors: built again on the CPU
-        given = ", ".join(f"{k}={v!r}" for k, v in args.items()) or "no arguments"
-        text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise LoafingError(f"{name} cannot be built with {given}: {text}; {_accepted(library, arch)}") from None
+        raise LoafingError(f"{name} cannot be built with {_given(args)}: {_first_line(err)}; "
+                           f"{_accepted(library, arch)}") from None
     family = family_of(library, net)
     if family is None:
         supported = ", ".join(f"{f.library}:{f.name}" for f in FAMILIES)
         raise LoafingError(f"{name} is a {type(net).__name__}, which loafing cannot stage; supported families: "
                            f"{supported}")
+    empty = [s for s, blocks in enumerate(family.stages(net), start=1) if not blocks]
+    if empty:
+        raise LoafingError(f"{name} built with {_given(args)} has no blocks in stage {empty[0]}, and a plan needs at "
+                           "least one per stage: check the --model-arg values")
     return net, family
+
+
+def _given(args: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items()) or "no arguments"
+
+
+def _first_line(err: BaseException) -> str:
+    if isinstance(err, KeyError):  # its text is only the key: a name the library has no entry for
+        return f"{type(err).__name__}: no such entry {err.args[0]!r}" if err.args else type(err).__name__
+    return str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
 
 
 def build_adapted(name: str, num_classes: int, model_args: Mapping[str, Any] | None = None,
@@ -172,6 +185,33 @@ def _staged_on_meta(name: str, model_args: Mapping[str, Any], granularity: str) 
         return build_adapted(name, 10, model_args, granularity)
 
 
+def _forward_once(model: AdaptedModel, size: int) -> None:
+    """One image through the whole network, in eval mode (BN untouched), without gradients, on its device."""
+    x = torch.zeros(1, 3, size, size, device=model.input_mean.device)
+    with torch.no_grad():
+        model.eval()(x)
+
+
+def _check_runs(model: AdaptedModel, name: str, args: Mapping[str, Any], granularity: str, size: int) -> None:
+    """Refuse, in one line naming the builder arguments, a network that cannot run one RGB image of `size` pixels a
+    side (a patch larger than the image, an empty last stage, one input channel): before any data is read."""
+    try:
+        _forward_once(model, size)
+        return
+    except LoafingError:
+        raise
+    except Exception as err:  # a shape error of the library's own forward, on the meta device or the CPU
+        error = err
+    if model.input_mean.device.type == "meta":  # a meta kernel may lack what the CPU has: the CPU decides
+        try:
+            _forward_once(build_adapted(name, 10, args, granularity), size)
+            return
+        except Exception as err:
+            error = err
+    raise LoafingError(f"{name} built with {_given(args)} cannot run on {size}x{size} RGB images: "
+                       f"{_first_line(error)}; check the --model-arg values") from None
+
+
 @functools.lru_cache(maxsize=64)
 def _adapted_spec(name: str, frozen_args: tuple[tuple[str, Any], ...], granularity: str) -> ModelSpec:
     args = {k: list(v) if isinstance(v, tuple) else v for k, v in frozen_args}
@@ -180,12 +220,15 @@ def _adapted_spec(name: str, frozen_args: tuple[tuple[str, Any], ...], granulari
     library = LIBRARIES[family.library]
     mean, std = library.normalization(net)
     size = model.input_size or library.default_size(net)
+    recipe = "cifar" if size <= SMALL_INPUT else "imagenet"
+    # Every build (train, measure, destruct, ...) asks for the spec first, before any data is read.
+    _check_runs(model, name, args, granularity, model.input_size or RECIPES[recipe].image_size)
     given = "".join(f" {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in args.items())
     view = f"; unit view: each block's {' and '.join(family.units)} units" if granularity == "unit" else ""
     return ModelSpec(
         name=name, build=lambda num_classes, width_mult: build_adapted(name, num_classes, args, granularity),
         description=f"{family.library} {name.partition(':')[2]}{given} ({family.description}{view})",
-        recipe="cifar" if size <= SMALL_INPUT else "imagenet", classifier_key=library.classifier_key(net),
+        recipe=recipe, classifier_key=library.classifier_key(net),
         normalization=(tuple(mean), tuple(std)), declared_layout=model.layout)
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from loafing.errors import LoafingError
 from loafing.options import check_choice
-from loafing.plans import GRANULARITIES, Layout
+from loafing.plans import GRANULARITIES, Layout, split_at_fixed_blocks
 from loafing.recipes import RECIPES
 
 if TYPE_CHECKING:  # the registry itself needs no torch: listing models builds nothing
@@ -53,10 +53,12 @@ class ModelSpec:
 
 
 def body_layout(stage_sizes: Sequence[int], fixed: Iterable[int] = (), prefix_only: bool = False) -> Layout:
-    """A Layout from the blocks per stage and the blocks that cannot be skipped (1-based, counted over the body)."""
+    """A Layout from the blocks per stage and the blocks that cannot be skipped (1-based, counted over the body), its
+    stages split as a built network's are (`split_at_fixed_blocks`)."""
     starts = [sum(stage_sizes[:i]) for i in range(len(stage_sizes))]
     stages = tuple(tuple(range(start + 1, start + size + 1)) for start, size in zip(starts, stage_sizes))
-    return Layout(stages, frozenset(b for stage in stages for b in stage) - frozenset(fixed), prefix_only)
+    skippable = frozenset(b for stage in stages for b in stage) - frozenset(fixed)
+    return split_at_fixed_blocks(Layout(stages, skippable, prefix_only))
 
 
 MODELS: dict[str, ModelSpec] = {}

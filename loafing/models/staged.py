@@ -8,7 +8,7 @@ from torch import nn
 
 from loafing.conv import crop_conv_kernels
 from loafing.errors import LoafingError
-from loafing.plans import Layout, Plan, validate_plan
+from loafing.plans import Layout, Plan, split_at_fixed_blocks, validate_plan
 from loafing.segments import make_segment_aware
 
 
@@ -35,7 +35,8 @@ class StagedModel(nn.Module):
         for n in stage_sizes:
             stages.append(tuple(range(start, start + n)))
             start += n
-        self.layout = Layout(tuple(stages), frozenset(i + 1 for i, s in enumerate(skippable) if s), prefix_only)
+        layout = Layout(tuple(stages), frozenset(i + 1 for i, s in enumerate(skippable) if s), prefix_only)
+        self.layout = split_at_fixed_blocks(layout)
         # Identity until set: create_model sets the spec's default, training the data set's, loading the checkpoint's.
         self.register_buffer("input_mean", torch.zeros(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.ones(1, 3, 1, 1), persistent=False)
