@@ -25,6 +25,7 @@ from loafing.checkpoint import read_checkpoint
 from loafing.config import TrainConfig, flat_settings, with_method_defaults
 from loafing.errors import LoafingError
 from loafing.evaluate import resolve_device
+from loafing.inside import check_inside_view
 from loafing.io import write_json
 from loafing.methods import METHODS, get_method
 from loafing.models import get_spec
@@ -67,18 +68,18 @@ def train_for_study(config: TrainConfig, study: str, fingerprint: dict[str, Any]
     """`train_once` in a folder that first records the study and the data; a run that fails before its first
     checkpoint leaves no folder behind (as `loafing train` leaves none)."""
     out = Path(config.out)
-    created = not out.exists()
+    created, recorded = not out.exists(), (out / ORIGIN_NAME).exists()
     write_origin(out, study, fingerprint)
     try:
         train_once(config, progress=False)
     finally:
-        if not (out / CHECKPOINT_NAME).exists():
+        # Only what this call made goes: a folder in use by another process keeps its record and its lock.
+        if not (out / CHECKPOINT_NAME).exists() and not recorded:
             (out / ORIGIN_NAME).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
-                if {p.name for p in out.iterdir()} <= {".lock"}:  # the lock of a run that never started
+                if created and {p.name for p in out.iterdir()} <= {".lock"}:  # the lock of a run that never started
                     (out / ".lock").unlink(missing_ok=True)
-                    if created:
-                        out.rmdir()
+                    out.rmdir()
 
 
 @dataclass
@@ -231,6 +232,8 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
         config = run_config(spec, runs_dir, device)
         check_run_folder(Path(config.out), config, preset.name, fingerprints[spec.name],
                          repr(config.data_dir) if config.data_dir else config.dataset)
+    if preset.inside is not None:  # the comparison is block by block: say so before the runs train, not after
+        check_inside_view(preset.evaluation.granularity)
     for text in preset.inside.checkpoints if preset.inside else ():
         if not Path(text.rpartition("=")[2]).is_file():
             raise LoafingError(f"study {preset.name!r}: checkpoint file {text.rpartition('=')[2]} does not exist")
@@ -281,13 +284,14 @@ def reproduce(preset: Preset, out: str | Path, device: str = "auto", jobs: int |
     if preset.inside is not None:
         inside_grid(preset, runs_dir, out / "inside", device, data_dir, progress)
     collect_results([runs_dir / name for name in names] + [out / "inside"] * (preset.inside is not None), results_dir)
-    figures = make_figures(results_dir, out / "figures", preset.figures)
-    summary = pd.DataFrame([{"run": n, "trained": reports[n].trained, **reports[n].summary,
-                             **{f"{k}_s": v for k, v in reports[n].seconds.items()}} for n in names])
-    # Run folders relative to `out`, so the record stays true when the folder is moved or committed.
+    # Run folders relative to `out`, so the record stays true when the folder is moved or committed; written before
+    # the figures, whose page shows these settings.
     write_json({"preset": preset.name, "description": preset.description, "jobs": jobs,
                 "evaluation": evaluation_settings(preset),
                 "inside": dataclasses.asdict(preset.inside) if preset.inside else None,
                 "runs": [flat_settings(run_config(s, Path("runs"), device)) for s in specs]},
                results_dir / "preset.json")
+    figures = make_figures(results_dir, out / "figures", preset.figures)
+    summary = pd.DataFrame([{"run": n, "trained": reports[n].trained, **reports[n].summary,
+                             **{f"{k}_s": v for k, v in reports[n].seconds.items()}} for n in names])
     return summary, figures

@@ -195,3 +195,16 @@ def test_a_stop_signal_ends_every_worker_and_the_same_command_resumes(tmp_path, 
     for name in ("ct", "st"):
         assert torch.load(out / "runs" / name / "checkpoint.pt", weights_only=True)["epoch"] == epochs
         assert pd.read_csv(out / "runs" / name / "train_log.csv")["epoch"].tolist() == list(range(1, epochs + 1))
+
+
+def test_a_study_comparing_networks_inside_others_in_the_unit_view_is_refused_before_training(run_cli, tmp_path):
+    path = tmp_path / "units.toml"
+    path.write_text('name = "units"\n\n[defaults]\nmodel = "timm:vit_tiny_patch16_224"\nmodel_args = { img_size = 32, '
+                    'patch_size = 8, depth = 2, embed_dim = 16, num_heads = 2 }\nepochs = 1\n\n'
+                    '[[runs]]\nname = "small"\n\n[[runs]]\nname = "big"\nmodel_args = { img_size = 32, patch_size = 8, '
+                    'depth = 3, embed_dim = 16, num_heads = 2 }\n\n[measure]\nruns = []\n\n'
+                    '[inside]\nruns = ["small", "big"]\n\n[evaluation]\ngranularity = "unit"\n')
+    code, out, err = run_cli("reproduce", "--study", path, "--out", tmp_path / "out", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "inside-vs-alone compares networks block by block" in err
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained

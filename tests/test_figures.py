@@ -659,6 +659,27 @@ def test_tables_are_read_by_their_columns_whatever_their_names(tmp_path):
         assert (renamed / "out" / f"{name}.md").read_text() == (named / "out" / f"{name}.md").read_text()
 
 
+def test_a_copy_of_a_keyless_table_beside_it_is_refused_not_counted_twice(tmp_path, run_cli):
+    """Two files holding one run's epochs (a copy of train_log.csv) would double Table r4's training time."""
+    log = pd.read_csv(ROOT / "results" / "quick" / "train_log.csv")
+    log.to_csv(tmp_path / "train_log.csv", index=False)
+    log.to_csv(tmp_path / "train_log-copy.csv", index=False)
+    code, _, err = run_cli("figures", "--results", tmp_path, "--out", tmp_path / "out", "--only", "tabler4")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "train_log-copy.csv and " in err and "train_log.csv both hold train_log rows of run 'ct-seed0'" in err
+    assert not (tmp_path / "out").exists()
+    # one run per file, as `--out ct-log.csv` and `--out st-log.csv` would write them: read together
+    (tmp_path / "train_log-copy.csv").unlink()
+    log[log["method"] == "ct"].to_csv(tmp_path / "train_log.csv", index=False)
+    log[log["method"] != "ct"].to_csv(tmp_path / "st-log.csv", index=False)
+    code, out, err = run_cli("figures", "--results", tmp_path, "--out", tmp_path / "out", "--only", "tabler4")
+    assert code == 0, err
+    table = (tmp_path / "out" / "tabler4.md").read_text()
+    whole = log[(log["method"] == "ct") & log["trained_plan"].isna()]  # CT's runs of the whole network
+    ct_seconds = whole.groupby("run")["seconds"].sum().mean()
+    assert f"| CT | 2 | {ct_seconds:.2f} |" in table
+
+
 def test_a_plan_in_two_files_counts_once_and_two_measurements_of_it_are_an_error(tmp_path):
     measure = measure_rows()
     (tmp_path / "a").mkdir()

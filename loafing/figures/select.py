@@ -75,6 +75,15 @@ def full_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[is_blank(df["trained_plan"])]
 
 
+def sampled_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of runs whose sub-networks were measured as a sampling space, not only as the inside-vs-alone grid's
+    few architectures (`space` "inside"): Table 1's and r3's spread over sub-networks is over a space."""
+    if "space" not in df.columns:
+        return df
+    own = df.loc[df["space"].astype(str) != "inside", "run"].unique()
+    return df[df["run"].isin(own)]
+
+
 def conventionally_trained(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of the conventional method's runs and of foreign checkpoints (trained the usual way): the networks whose
     sub-networks Fig. 1 and the inside grid show loafing."""

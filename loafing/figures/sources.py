@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from loafing.errors import LoafingWarning
+from loafing.errors import LoafingError, LoafingWarning
 from loafing.schema import TABLES, NotATable, header_columns, read_table, table_kind
 from loafing.table_keys import one_row_per_key
 
@@ -62,12 +62,31 @@ def warn_ignored(found: Found) -> None:
         warnings.warn(LoafingWarning(f"{reason}; skipped"))
 
 
+# What two files of a table without a key may not both hold: rows of one run (of one destruct mode). A copy of a
+# file beside it would otherwise count every epoch, every destroyed network twice (Table r4's time doubled).
+UNIT = {"destruct": ("run", "mode")}
+
+
+def _refuse_overlaps(paths: list[Path], frames: list[pd.DataFrame], table: str) -> None:
+    """A one-line error when two files of `table` hold rows of the same run (and destruct mode)."""
+    seen: dict[tuple, Path] = {}
+    for path, frame in zip(paths, frames):
+        columns = [c for c in UNIT.get(table, ("run",)) if c in frame.columns]
+        for unit in frame[columns].drop_duplicates().itertuples(index=False):
+            if tuple(unit) in seen:
+                raise LoafingError(f"{seen[tuple(unit)]} and {path} both hold {table} rows of "
+                                   f"{', '.join(f'{c} {v!r}' for c, v in zip(columns, unit))}: keep one of them")
+            seen[tuple(unit)] = path
+
+
 def read_kind(paths: list[Path], table: str) -> pd.DataFrame:
     """The rows of every file of one table, as the figures take them: one row per key (a plan measured twice, in
     one file or in two, counts once)."""
     frames = [read_table(path, table, required=()) for path in paths]
     if len(frames) == 1:
         return one_row_per_key(frames[0], table)
+    if not TABLES[table].key:
+        _refuse_overlaps(paths, frames, table)
     rows = pd.concat([frame for frame in frames if len(frame)] or frames[:1], ignore_index=True)
     for column in rows.columns:  # a text column one file lacks reads as empty cells, as in a file that has it
         if rows[column].dtype == object:

@@ -11,7 +11,7 @@ from matplotlib.table import Table
 from loafing.figures.canvas import DPI, wrap_to_width
 
 from loafing.figures.select import (NotEnoughData, add_scheme, add_space_size, at_reference_lam,
-                                    conventionally_trained, full_runs, network_names, ordered_plan_rows,
+                                    conventionally_trained, full_runs, sampled_runs, network_names, ordered_plan_rows,
                                     per_plan_means, per_run_subnetwork_stats)
 from loafing.figures.style import CONVENTIONAL, is_blank, schemes_of, use_style
 from loafing.figures.stats import (PLANS_DESCRIBED, SEED_INTERVALS, interval_text, plan_differences, range_text,
@@ -28,9 +28,12 @@ def _sub_means_by_seed(measure: pd.DataFrame, label: str, plans: pd.Index) -> pd
     subs = measure[~measure["is_main"] & (measure["label"] == label) & measure["plan"].isin(plans)]
     return subs.groupby("seed")["top1"].mean()
 
+NO_SPACE = ("no run of the whole network with its sub-networks measured as a space (an inside-vs-alone grid's "
+            "architectures are the inside table's)")
 # One definition of a run's training time, the one train_log.csv's `seconds` records per epoch.
 TRAINING_TIME_NOTE = ("Training time: a run's training steps (forward, backward, update) summed over its epochs, "
-                      "without the per-epoch evaluation, KL records, checkpoints and start-up that `loafing "
+                      "without the per-epoch evaluation, BN re-estimation (--bn-reestimate), KL records, "
+                      "checkpoints and start-up that `loafing "
                       "reproduce`'s wall time also counts; averaged over seeds.")
 
 
@@ -40,10 +43,10 @@ def table_main_and_subnetworks(measure: pd.DataFrame) -> pd.DataFrame:
     from three seeds of both, seed by seed (a 95% t-interval over seeds)."""
     schemes = schemes_of(measure)
     ct = schemes.role_label(CONVENTIONAL) or "CT"
-    shaped = add_space_size(at_reference_lam(full_runs(measure)))
+    shaped = add_space_size(at_reference_lam(full_runs(sampled_runs(measure))))
     stats = per_run_subnetwork_stats(shaped)
     if stats.empty:
-        raise NotEnoughData("no runs of the whole network")
+        raise NotEnoughData(NO_SPACE)
     if stats["sub_mean"].isna().all():  # a table of main networks alone: Table r3 and the inside grid show them
         raise NotEnoughData("no sub-networks measured in runs of the whole network")
     plan_means = per_plan_means(shaped)
@@ -111,9 +114,9 @@ def table_methods(measure: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:
     """Table r3: per training method, training time, peak memory, main-network top-1 and all sub-networks'
     top-1 as mean ± std (population std over the measured sub-networks, averaged over seeds)."""
     schemes = schemes_of(measure)
-    stats = per_run_subnetwork_stats(add_space_size(at_reference_lam(full_runs(measure))))
+    stats = per_run_subnetwork_stats(add_space_size(at_reference_lam(full_runs(sampled_runs(measure)))))
     if stats.empty:
-        raise NotEnoughData("no runs of the whole network")
+        raise NotEnoughData(NO_SPACE)
     try:
         cost = table_cost(log).set_index("scheme")
     except NotEnoughData:  # no train_log.csv beside measure.csv: the table shows accuracies only
